@@ -1,0 +1,73 @@
+//! The data-plane reverse proxy: routing table, upstream in-flight counts and its control socket.
+//!
+//! `run` is a small long-lived process of its own (`starphleet proxy`), separate from the control
+//! plane, so restarting the ship never drops a request: the control plane only programs it with
+//! a whole [`RouteTable`] over a Unix socket ([`ProxyClient`]), and the proxy keeps serving the last
+//! table it was given.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod control;
+mod daemon;
+mod forward;
+mod listen;
+mod table;
+
+pub use control::ProxyClient;
+pub use daemon::run;
+
+/// The whole routing state of the proxy, replaced atomically by each `SetRoutes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// The ship's name, shown in the proxy's own error pages.
+    pub ship: String,
+    /// Routes per public port; every port named here is listened on.
+    pub ports: BTreeMap<u16, Vec<Route>>,
+}
+
+/// One URL prefix on one public port, served by one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The URL prefix, `/echo` or `/`; it is stripped before the request reaches the service.
+    pub prefix: String,
+    /// The service name, for counts, logs and error pages.
+    pub service: String,
+    /// Where requests go; the one with the fewest requests in flight is chosen.
+    pub upstreams: Vec<Upstream>,
+    /// With no upstreams the proxy answers 503 with this `Retry-After` (seconds, default 1).
+    pub retry_after: Option<u32>,
+}
+
+/// One running container of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The container's address and private port.
+    pub addr: SocketAddr,
+    /// The service version the container runs, for logs.
+    pub version: String,
+    /// The container's name: in-flight counts are kept per container.
+    pub container: String,
+}
+
+/// Options for the data plane.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The Unix socket the control plane programs the proxy through.
+    pub control_socket: PathBuf,
+    /// The address public ports are bound on (0.0.0.0 by default).
+    pub listen_ip: IpAddr,
+}
+
+impl ProxyOptions {
+    /// Options for a control socket, listening on every IPv4 address.
+    pub fn new(control_socket: impl Into<PathBuf>) -> Self {
+        ProxyOptions {
+            control_socket: control_socket.into(),
+            listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
