@@ -1,0 +1,25 @@
+//! Orders and Starphleet file grammar, validation and compiler-style diagnostics.
+//!
+//! Everything a user writes by hand is read here: `*.orders` files and
+//! `.starphleet` in headquarters, the `Starphleet` file (or `Procfile`) in an
+//! app repository, and the ship's env folder. Parsers never stop at the first
+//! problem and never panic: they return every [`Diagnostic`], each naming the
+//! file, line and column, showing the line with a caret, and saying how to fix it.
+
+#![warn(missing_docs)]
+
+mod app;
+mod diagnostic;
+mod env;
+mod headquarters;
+mod lex;
+mod order;
+
+pub use app::{parse_app, parse_procfile, AppSpec};
+pub use diagnostic::Diagnostic;
+pub use env::parse_env_file;
+pub use headquarters::{load_headquarters, BrokenOrder, Headquarters, SETTINGS_FILE};
+pub use order::{parse_duration, parse_order, GitSource, Order, Publish};
+
+#[cfg(test)]
+mod tests;
