@@ -201,10 +201,7 @@ impl Git {
         }
         let out = self.run(None, ["ls-remote", url])?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let refs: Vec<(&str, &str)> = text
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .collect();
+        let refs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('\t')).collect();
         let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(s, _)| *s);
         let found = match reference {
             None => find("HEAD"),
@@ -213,10 +210,12 @@ impl Git {
                 .or_else(|| find(&format!("refs/tags/{r}")))
                 .or_else(|| find(r)),
         };
-        found.map(str::to_string).ok_or_else(|| GitError::RefNotFound {
-            url: url.to_string(),
-            reference: reference.unwrap_or("HEAD").to_string(),
-        })
+        found
+            .map(str::to_string)
+            .ok_or_else(|| GitError::RefNotFound {
+                url: url.to_string(),
+                reference: reference.unwrap_or("HEAD").to_string(),
+            })
     }
 
     /// Makes sure the bare mirror at `dir` holds `commit` of `url`, cloning or fetching as needed.
@@ -228,7 +227,10 @@ impl Git {
                     stderr: e.to_string(),
                 })?;
             }
-            self.run(None, [OsStr::new("init"), OsStr::new("--bare"), dir.as_os_str()])?;
+            self.run(
+                None,
+                [OsStr::new("init"), OsStr::new("--bare"), dir.as_os_str()],
+            )?;
         }
         if self.has_commit(dir, commit) {
             return Ok(());
@@ -255,8 +257,11 @@ impl Git {
 
     /// True when the repository at `dir` has `commit`.
     pub fn has_commit(&self, dir: &Path, commit: &str) -> bool {
-        self.run(Some(dir), ["cat-file", "-e", &format!("{commit}^{{commit}}")])
-            .is_ok()
+        self.run(
+            Some(dir),
+            ["cat-file", "-e", &format!("{commit}^{{commit}}")],
+        )
+        .is_ok()
     }
 
     /// The contents of `path` at `commit`, or `None` when the file does not exist there.
@@ -265,7 +270,9 @@ impl Git {
         if self.run(Some(dir), ["cat-file", "-e", &spec]).is_err() {
             return Ok(None);
         }
-        Ok(Some(self.run(Some(dir), ["cat-file", "blob", &spec])?.stdout))
+        Ok(Some(
+            self.run(Some(dir), ["cat-file", "blob", &spec])?.stdout,
+        ))
     }
 
     /// Writes the tree of `commit` into `dest` (created if missing) without any `.git`.
@@ -344,7 +351,11 @@ mod tests {
             .env("GIT_COMMITTER_EMAIL", "t@t")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -371,7 +382,11 @@ mod tests {
         let g = Git::default();
         assert_eq!(g.resolve(&url, None).unwrap(), second);
         assert_eq!(g.resolve(&url, Some("main")).unwrap(), second);
-        assert_eq!(g.resolve(&url, Some("v1")).unwrap(), first, "annotated tag is peeled");
+        assert_eq!(
+            g.resolve(&url, Some("v1")).unwrap(),
+            first,
+            "annotated tag is peeled"
+        );
         assert_eq!(g.resolve(&url, Some(&first)).unwrap(), first);
         let err = g.resolve(&url, Some("nope")).unwrap_err().to_string();
         assert!(err.contains("ref `nope` not found"), "{err}");

@@ -387,6 +387,12 @@ pub async fn create_container_netns(
                     .execute()
                     .await
                     .with_context(|| format!("adding {ip}/{prefix_len} to eth0"))?;
+                // Announce the address when eth0 comes up: a reused IP with a new MAC must
+                // replace the bridge's stale neighbour entry at once, not after ~30 s.
+                run_in_netns(&path, || {
+                    std::fs::write("/proc/sys/net/ipv4/conf/eth0/arp_notify", "1")
+                })?
+                .context("enabling arp_notify on eth0")?;
             }
             set_up(&c, index)
                 .await

@@ -1,0 +1,446 @@
+//! `starphleet`: the command line over the ship, proxy and orders crates.
+
+mod demo;
+mod init;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use starphleet_ship::layout::{Layout, DEFAULT_STATE_DIR};
+use starphleet_ship::{Ship, ShipOptions};
+
+/// Turns Linux machines into container hosts that deploy themselves from git.
+#[derive(Parser)]
+#[command(name = "starphleet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show or set the headquarters (HQ) git repository this ship follows.
+    #[command(
+        after_help = "Examples:\n  starphleet headquarters https://github.com/me/hq.git\n  starphleet headquarters git@github.com:me/hq.git#production\n  starphleet headquarters            # show it"
+    )]
+    Headquarters {
+        /// Any URL git accepts, optionally `#branch`, `#tag` or `#sha`.
+        url: Option<String>,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Run the ship daemon in the foreground: follow HQ, deploy every order, serve it.
+    #[command(
+        after_help = "Examples:\n  starphleet ship --headquarters https://github.com/me/hq.git\n  starphleet ship --state-dir /srv/starphleet --admin 127.0.0.1:9797\n\nServices and the proxy keep running when this process stops; `starphleet down` stops everything."
+    )]
+    Ship {
+        /// HQ URL; saved in the state dir, so later starts may omit it.
+        #[arg(long)]
+        headquarters: Option<String>,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+        /// TCP address of the admin endpoint (the CLI uses the socket in the state dir); `off` disables it.
+        #[arg(long, default_value = "127.0.0.1:9797")]
+        admin: String,
+        /// OCI runtime: runc (default), crun or youki.
+        #[arg(long, default_value = "runc")]
+        runtime: String,
+        /// How often HQ and app refs are checked, e.g. 2s, 500ms [default: HQ's STARPHLEET_POLL_INTERVAL, else 2s].
+        #[arg(long, value_parser = parse_duration)]
+        poll_interval: Option<Duration>,
+        /// Name shown in status and error pages (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate an HQ checkout; prints compiler-style errors and exits 1 if any.
+    #[command(
+        after_help = "Examples:\n  starphleet check              # the current directory\n  starphleet check ~/src/hq"
+    )]
+    Check {
+        /// The HQ checkout to check.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Show services, versions, containers, health and recent deploys.
+    #[command(
+        after_help = "Examples:\n  starphleet status\n  starphleet status --json | jq '.services[].state'"
+    )]
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Rebuild a service and switch to it with zero downtime.
+    #[command(
+        after_help = "Examples:\n  starphleet redeploy echo\n  starphleet redeploy team/api"
+    )]
+    Redeploy {
+        /// The service (its order's path in HQ without `.orders`).
+        service: String,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Stop the ship, its proxy and every service; remove their containers, namespaces, links and mounts. Keeps state and logs.
+    #[command(after_help = "Example:\n  starphleet down --state-dir /var/lib/starphleet")]
+    Down {
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+        /// The OCI runtime the ship used.
+        #[arg(long, default_value = "runc")]
+        runtime: String,
+    },
+    /// Set up a local HQ with the echo service and run a ship serving it.
+    #[command(
+        after_help = "Example:\n  starphleet demo            # then: curl http://localhost/echo/Hi"
+    )]
+    Demo {
+        #[arg(long, default_value = "/var/lib/starphleet-demo")]
+        state_dir: PathBuf,
+        /// Public port for the echo service.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
+    /// PID 1 inside service containers: forwards signals to the app and reaps orphans (not for direct use).
+    #[command(hide = true)]
+    Init {
+        /// The app's command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The data-plane proxy (started by `ship`; not for direct use).
+    #[command(hide = true)]
+    Proxy {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds (the orders' duration grammar).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    starphleet_orders::parse_duration(text.trim())
+        .ok_or_else(|| format!("`{text}` is not a duration; use e.g. 500ms, 2s, 5m or 1h"))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARPHLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    // The container init path stays free of clap and tokio: it is PID 1 of every service.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a == "init").unwrap_or(false) {
+        init::run(&args[2..]);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("starphleet: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { dir } => Ok(check(&dir)),
+        Command::Headquarters { url, state_dir } => {
+            let layout = Layout::new(&state_dir);
+            match url {
+                Some(url) => {
+                    std::fs::create_dir_all(&state_dir)?;
+                    std::fs::write(layout.headquarters_file(), format!("{url}\n"))?;
+                    println!("this ship now follows {url}; start it with: starphleet ship --state-dir {}", state_dir.display());
+                }
+                None => match read_headquarters(&layout) {
+                    Some(url) => println!("{url}"),
+                    None => bail!(
+                        "no headquarters set in {}; set one with `starphleet headquarters <git url>`",
+                        state_dir.display()
+                    ),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ship {
+            headquarters,
+            state_dir,
+            admin,
+            runtime: rt,
+            poll_interval,
+            name,
+        } => {
+            init_tracing();
+            let layout = Layout::new(&state_dir);
+            let headquarters = match headquarters {
+                Some(url) => {
+                    std::fs::create_dir_all(&state_dir)?;
+                    std::fs::write(layout.headquarters_file(), format!("{url}\n"))?;
+                    url
+                }
+                None => read_headquarters(&layout).context(
+                    "no headquarters: pass --headquarters <git url> or run `starphleet headquarters <git url>` first",
+                )?,
+            };
+            let admin =
+                match admin.as_str() {
+                    "off" | "" => None,
+                    a => Some(a.parse::<SocketAddr>().with_context(|| {
+                        format!("--admin {a}: not an address like 127.0.0.1:9797")
+                    })?),
+                };
+            let opts = ShipOptions {
+                state_dir,
+                headquarters,
+                admin,
+                runtime: rt,
+                poll_interval,
+                name: name.unwrap_or_else(hostname),
+                self_exe: std::env::current_exe()?,
+            };
+            runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, state_dir } => status(&state_dir, json),
+        Command::Redeploy { service, state_dir } => {
+            let socket = Layout::new(&state_dir).admin_socket();
+            let (code, body) = runtime()?
+                .block_on(starphleet_ship::admin::request(
+                    &socket,
+                    hyper::Method::POST,
+                    &format!("/redeploy/{service}"),
+                ))
+                .with_context(|| not_running(&state_dir))?;
+            if code == 202 {
+                println!("redeploying {service}; follow it with `starphleet status`");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                eprintln!(
+                    "starphleet: error: {}",
+                    v["error"].as_str().unwrap_or(&body)
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Down {
+            state_dir,
+            runtime: rt,
+        } => {
+            let report = runtime()?.block_on(starphleet_ship::down::down(&state_dir, &rt))?;
+            println!(
+                "down: ship {}, proxy {}, {} containers, {} network namespaces, {} mounts removed; state and logs kept in {}",
+                if report.stopped_ship { "stopped" } else { "was not running" },
+                if report.stopped_proxy { "stopped" } else { "was not running" },
+                report.containers,
+                report.netns,
+                report.mounts,
+                state_dir.display()
+            );
+            for p in &report.problems {
+                eprintln!("down: warning: {p}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { state_dir, port } => {
+            init_tracing();
+            let hq = demo::prepare(&state_dir, port)?;
+            println!("demo headquarters: {hq}");
+            let url = if port == 80 {
+                "http://localhost/echo/Hi".to_string()
+            } else {
+                format!("http://localhost:{port}/echo/Hi")
+            };
+            println!("starting the ship; in a moment try:\n\n    curl {url}\n\n(Ctrl-C stops the control plane; `starphleet down --state-dir {}` stops everything)", state_dir.display());
+            let opts = ShipOptions {
+                state_dir,
+                headquarters: hq,
+                admin: None,
+                runtime: "runc".into(),
+                poll_interval: None,
+                name: hostname(),
+                self_exe: std::env::current_exe()?,
+            };
+            runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { .. } => unreachable!("handled before argument parsing"),
+        Command::Proxy { state_dir } => {
+            init_tracing();
+            let opts = starphleet_proxy::ProxyOptions {
+                control_socket: Layout::new(&state_dir).proxy_socket(),
+                listen_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            };
+            runtime()?.block_on(starphleet_proxy::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_headquarters(layout: &Layout) -> Option<String> {
+    let text = std::fs::read_to_string(layout.headquarters_file()).ok()?;
+    let url = text.trim().to_string();
+    (!url.is_empty()).then_some(url)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "ship".into())
+}
+
+fn check(dir: &Path) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!(
+            "{}: error: not a directory; pass the path of an HQ checkout",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let hq = starphleet_orders::load_headquarters(dir);
+    if hq.errors.is_empty() {
+        println!(
+            "{}: {} order{} OK",
+            dir.display(),
+            hq.orders.len(),
+            if hq.orders.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", hq.render_errors());
+        eprintln!(
+            "{} error{} in {}",
+            hq.errors.len(),
+            if hq.errors.len() == 1 { "" } else { "s" },
+            dir.display()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+fn not_running(state_dir: &Path) -> String {
+    format!(
+        "the ship in {} is not running (start it with `starphleet ship --state-dir {}`)",
+        state_dir.display(),
+        state_dir.display()
+    )
+}
+
+fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
+    let layout = Layout::new(state_dir);
+    let body = runtime()?
+        .block_on(starphleet_ship::admin::get(
+            &layout.admin_socket(),
+            "/status",
+        ))
+        .with_context(|| not_running(state_dir))?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st: starphleet_ship::admin::Status =
+        serde_json::from_str(&body).context("the ship answered an unexpected status")?;
+    println!(
+        "ship {} ({}) following {} at {}",
+        st.ship,
+        st.ship_id,
+        st.headquarters,
+        st.headquarters_commit
+            .as_deref()
+            .map(|c| &c[..12.min(c.len())])
+            .unwrap_or("-")
+    );
+    if let Some(e) = &st.headquarters_error {
+        println!("headquarters problem: {e}");
+    }
+    println!();
+    println!(
+        "{:<20} {:<13} {:<13} {:<13} {:<10} PUBLISH",
+        "SERVICE", "STATE", "VERSION", "COMMIT", "CONTAINERS"
+    );
+    for s in &st.services {
+        let running = s.containers.iter().filter(|c| c.running).count();
+        let publish: Vec<String> = s
+            .publish
+            .iter()
+            .map(|p| format!(":{}{} → {}", p.public, p.url, p.private))
+            .collect();
+        println!(
+            "{:<20} {:<13} {:<13} {:<13} {:<10} {}",
+            s.name,
+            s.state,
+            s.version.as_deref().unwrap_or("-"),
+            s.app_commit
+                .as_deref()
+                .map(|c| &c[..12.min(c.len())])
+                .unwrap_or("-"),
+            format!("{running}/{}", s.containers.len()),
+            publish.join(", ")
+        );
+        if let Some(d) = s.deploys.last() {
+            let steps: Vec<String> = d
+                .steps
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms}ms"))
+                .collect();
+            println!(
+                "{:<20} last deploy: {} ({})",
+                "",
+                d.outcome.lines().next().unwrap_or(""),
+                steps.join(", ")
+            );
+        }
+    }
+    let service_errors: Vec<_> = st
+        .services
+        .iter()
+        .filter_map(|s| s.error.as_ref().map(|e| (&s.name, e)))
+        .collect();
+    if !service_errors.is_empty() || !st.errors.is_empty() {
+        println!("\nproblems:");
+        for e in &st.errors {
+            println!("{e}\n");
+        }
+        for (name, e) in service_errors {
+            if !st.errors.iter().any(|x| e.contains(x.as_str())) {
+                println!("{name}: {e}\n");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("2 parsecs")
+            .unwrap_err()
+            .contains("use e.g. 500ms"));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! Autodeploy as refs advance, and drainstop/switch with zero failed requests.
+//!
+//! Real runc, git, HTTP and websockets; each ship in its own network namespace.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DEPLOY: Duration = Duration::from_secs(60);
+
+/// An app whose answers name its version (`VERSION`, set in its `Starphleet`):
+/// `GET /x` → `v1:x`, `GET /slow?s=N` sleeps, `GET /ws` is a websocket echo.
+const VERSIONED: &str = r#"import base64, hashlib, os, struct, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+V = os.environ.get("VERSION", "v0") + os.environ.get("SUFFIX", "")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, body):
+        b = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def do_GET(self):
+        if self.path.startswith("/slow"):
+            time.sleep(float(self.path.split("=")[1]))
+            return self.reply(V)
+        if self.path == "/ws":
+            key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept)
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            while True:
+                head = self.rfile.read(2)
+                if len(head) < 2:
+                    return
+                op, n = head[0] & 15, head[1] & 127
+                if n == 126:
+                    n = struct.unpack(">H", self.rfile.read(2))[0]
+                mask = self.rfile.read(4) if head[1] & 128 else b"\0\0\0\0"
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+                if op == 8:
+                    self.wfile.write(b"\x88\x00")
+                    self.wfile.flush()
+                    return
+                if op == 1:
+                    out = (V + ":" + data.decode()).encode()
+                    self.wfile.write(bytes([129, len(out)]) + out)
+                    self.wfile.flush()
+        self.reply(V + ":" + self.path.lstrip("/"))
+if os.environ.get("CRASH_AFTER"):
+    threading.Timer(float(os.environ["CRASH_AFTER"]), lambda: os._exit(3)).start()
+port = int(os.environ["PORT"]) + (1 if os.environ.get("WRONG_PORT") else 0)
+print("app", V, "listening on", port, flush=True)
+ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
+"#;
+
+/// Commits the versioned app with `VERSION=version` and extra `Starphleet` lines.
+fn commit_version(repo: &Repo, version: &str, extra: &str) -> String {
+    repo.write("server.py", VERSIONED).write(
+        "Starphleet",
+        &format!("start /usr/bin/python3 server.py\nexport VERSION={version}\n{extra}"),
+    );
+    repo.commit(version)
+}
+
+fn versioned_ship(order_extra: &str) -> (TestShip, Repo) {
+    let mut ship = TestShip::new();
+    let app = Repo::new(ship.path("app"));
+    commit_version(&app, "v1", "");
+    ship.hq
+        .write(
+            "app.orders",
+            &format!(
+                "autodeploy {}#main\npublish --private 8000\n{order_extra}",
+                app.url()
+            ),
+        )
+        .commit("app");
+    ship.start();
+    ship.wait_for_body(80, "/app/x", "v1:x", DEPLOY);
+    (ship, app)
+}
+
+fn service(ship: &TestShip, name: &str) -> serde_json::Value {
+    let st = ship.status_json();
+    st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no service {name} in {st}"))
+}
+
+fn container_ids(svc: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = svc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until the runtime runs exactly the serving containers of `name`.
+fn wait_only_serving_containers(ship: &TestShip, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let serving = container_ids(&service(ship, name));
+        let mut running = runc_containers(&ship.ship_id());
+        running.sort();
+        if running == serving {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runtime has {running:?}, serving {serving:?}\n{}",
+            ship.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn app_commit_serves_within_two_polls_plus_deploy_and_replaces_all_instances() {
+    let (ship, app) = versioned_ship("instances 2\n");
+    let before = container_ids(&service(&ship, "app"));
+    assert_eq!(before.len(), 2, "instances 2 runs two containers");
+
+    let pushed = Instant::now();
+    commit_version(&app, "v2", "");
+    ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
+    let to_serving = pushed.elapsed();
+
+    let svc = service(&ship, "app");
+    let last = svc["deploys"].as_array().unwrap().last().unwrap().clone();
+    let deploy_ms: u64 = last["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take_while(|s| s[0] != "drain")
+        .map(|s| s[1].as_u64().unwrap())
+        .sum();
+    let poll = Duration::from_millis(200);
+    assert!(
+        to_serving <= 2 * poll + Duration::from_millis(deploy_ms) + Duration::from_millis(500),
+        "serving after {to_serving:?}; deploy took {deploy_ms} ms: {last}"
+    );
+    let after = container_ids(&svc);
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|c| !before.contains(c)),
+        "all instances replaced"
+    );
+    wait_only_serving_containers(&ship, "app");
+}
+
+#[test]
+fn changing_the_orders_export_redeploys() {
+    let (ship, _app) = versioned_ship("");
+    let order = std::fs::read_to_string(ship.hq.dir.join("app.orders")).unwrap();
+    ship.hq
+        .write("app.orders", &format!("{order}export SUFFIX=-tuned\n"))
+        .commit("tune");
+    ship.wait_for_body(80, "/app/x", "v1-tuned:x", DEPLOY);
+    wait_only_serving_containers(&ship, "app");
+}
+
+#[test]
+fn slow_request_started_before_a_switch_completes_from_the_old_version() {
+    let (ship, app) = versioned_ship("");
+    let slow = {
+        let ns = std::fs::File::open(ship.net.path()).unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            http_get("http://127.0.0.1:80/app/slow?s=3")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    commit_version(&app, "v2", "");
+    ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
+    assert_eq!(slow.join().unwrap(), Ok((200, "v1".to_string())));
+    wait_only_serving_containers(&ship, "app");
+}
+
+#[test]
+fn websocket_opened_before_a_switch_keeps_working_until_closed() {
+    let (ship, app) = versioned_ship("");
+    let (to_ws, from_test) = std::sync::mpsc::channel::<String>();
+    let (to_test, from_ws) = std::sync::mpsc::channel::<String>();
+    let ns = std::fs::File::open(ship.net.path()).unwrap();
+    let client = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let (mut ws, _) = tungstenite::connect("ws://127.0.0.1:80/app/ws").expect("websocket");
+        for text in from_test {
+            ws.send(tungstenite::Message::text(text)).unwrap();
+            let reply = ws.read().unwrap();
+            to_test
+                .send(reply.into_text().unwrap().to_string())
+                .unwrap();
+        }
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    });
+    to_ws.send("before".into()).unwrap();
+    assert_eq!(from_ws.recv().unwrap(), "v1:before");
+
+    commit_version(&app, "v2", "");
+    ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
+    std::thread::sleep(Duration::from_millis(500));
+    to_ws.send("after".into()).unwrap();
+    assert_eq!(
+        from_ws.recv().unwrap(),
+        "v1:after",
+        "the open websocket stays on v1"
+    );
+    assert_eq!(
+        runc_containers(&ship.ship_id()).len(),
+        2,
+        "v1 drains while its websocket is open"
+    );
+
+    drop(to_ws);
+    client.join().unwrap();
+    wait_only_serving_containers(&ship, "app");
+}
+
+#[test]
+fn version_that_never_gets_healthy_leaves_the_old_one_serving() {
+    let (ship, app) = versioned_ship("healthcheck --timeout 2s\n");
+    let old = container_ids(&service(&ship, "app"));
+    commit_version(&app, "v2", "export WRONG_PORT=1\n");
+    let deadline = Instant::now() + DEPLOY;
+    loop {
+        let svc = service(&ship, "app");
+        let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if outcome.starts_with("failed") {
+            assert!(outcome.contains("failed at health"), "{outcome}");
+            assert!(outcome.contains("not healthy"), "{outcome}");
+            assert!(
+                outcome.contains("app v2 listening on 8001"),
+                "app output is in the report: {outcome}"
+            );
+            assert!(
+                svc["error"].as_str().unwrap().contains("not healthy"),
+                "{svc}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {svc}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
+    assert_eq!(container_ids(&service(&ship, "app")), old);
+    wait_only_serving_containers(&ship, "app");
+    // Not retried in a loop.
+    std::thread::sleep(Duration::from_secs(2));
+    let deploys = service(&ship, "app")["deploys"].as_array().unwrap().len();
+    assert_eq!(deploys, 2, "the failed commit is not retried");
+}
+
+#[test]
+fn crashing_app_is_restarted_with_growing_delays_and_answers_503_meanwhile() {
+    let (ship, app) = versioned_ship("");
+    commit_version(&app, "v2", "export CRASH_AFTER=0.5\n");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut saw_503 = false;
+    loop {
+        if let Ok((503, _)) = ship.get(80, "/app/x") {
+            saw_503 = true;
+        }
+        let svc = service(&ship, "app");
+        let starts: Vec<u64> = svc["deploys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["app_commit"] != svc["deploys"][0]["app_commit"])
+            .map(|d| d["started_at_ms"].as_u64().unwrap())
+            .collect();
+        if starts.len() >= 4 {
+            let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(
+                gaps.windows(2).all(|g| g[1] > g[0] + 500),
+                "restart gaps should grow: {gaps:?}"
+            );
+            assert!(svc["restarts"].as_u64().unwrap() >= 3, "{svc}");
+            assert!(
+                ship.log().contains("exited; restart #2 in 2s"),
+                "{}",
+                ship.log()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "too few restarts: {svc}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(saw_503, "while down the route answers 503");
+}
+
+#[test]
+fn redeploy_rebuilds_and_switches() {
+    let (ship, _app) = versioned_ship("");
+    let before = container_ids(&service(&ship, "app"));
+    let out = ship.cli(&["redeploy", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + DEPLOY;
+    loop {
+        let svc = service(&ship, "app");
+        let ids = container_ids(&svc);
+        if !ids.is_empty() && ids != before && svc["state"] == "serving" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never redeployed: {svc}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
+    wait_only_serving_containers(&ship, "app");
+    let bad = ship.cli(&["redeploy", "nope"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no order for service `nope`"));
+}
