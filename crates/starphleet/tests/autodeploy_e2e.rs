@@ -345,3 +345,34 @@ fn redeploy_rebuilds_and_switches() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no order for service `nope`"));
 }
+
+#[test]
+fn failed_build_keeps_the_previous_version_serving() {
+    let (ship, app) = versioned_ship("");
+    commit_version(
+        &app,
+        "v2",
+        "build echo compiling; echo syntax error >&2; exit 2\n",
+    );
+    let deadline = Instant::now() + DEPLOY;
+    loop {
+        let svc = service(&ship, "app");
+        let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if outcome.starts_with("failed") {
+            assert!(outcome.contains("failed at build"), "{outcome}");
+            assert!(outcome.contains("exited with code 2"), "{outcome}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {svc}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
+    let log = std::fs::read_to_string(ship.state.join("logs/app/build.log")).unwrap();
+    assert!(
+        log.contains("[app] build step 1/1") && log.contains("syntax error"),
+        "{log}"
+    );
+}

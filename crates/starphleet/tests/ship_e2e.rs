@@ -286,3 +286,15 @@ fn down_leaves_nothing_behind() {
     ship.start();
     ship.wait_for_body(80, "/a/x", "x", DEPLOY);
 }
+
+#[test]
+fn demo_serves_the_echo_service() {
+    let mut ship = TestShip::new();
+    ship.start_with(&["demo"]);
+    ship.wait_for_body(80, "/echo/Hi", "Hi", DEPLOY);
+    assert!(
+        ship.log().contains("curl http://localhost/echo/Hi"),
+        "{}",
+        ship.log()
+    );
+}

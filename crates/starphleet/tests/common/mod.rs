@@ -216,6 +216,20 @@ impl TestShip {
     }
 
     pub fn start(&mut self) {
+        let hq = self.hq.url();
+        self.start_with(&[
+            "ship",
+            "--headquarters",
+            &hq,
+            "--poll-interval",
+            "200ms",
+            "--name",
+            "testship",
+        ]);
+    }
+
+    /// Starts `starphleet ARGS… --state-dir <state>` in the namespace, output to the ship log.
+    pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "ship already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -225,15 +239,7 @@ impl TestShip {
         let child = self
             .net
             .command(bin())
-            .args([
-                "ship",
-                "--headquarters",
-                &self.hq.url(),
-                "--poll-interval",
-                "200ms",
-                "--name",
-                "testship",
-            ])
+            .args(args)
             .arg("--state-dir")
             .arg(&self.state)
             .env("STARPHLEET_LOG", "info")
