@@ -333,6 +333,23 @@ pub async fn delete_link(name: &str) -> Result<()> {
     }
 }
 
+/// Names of the interfaces in the caller's namespace that start with `prefix`.
+pub async fn list_links(prefix: &str) -> Result<Vec<String>> {
+    let h = connect()?;
+    let mut links = h.link().get().execute();
+    let mut names = Vec::new();
+    while let Some(link) = links.try_next().await.context("listing interfaces")? {
+        for attr in link.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                if name.starts_with(prefix) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// Creates a named netns (`/var/run/netns/<ns>`), a veth pair (`host_if` on the bridge, peer
 /// `eth0` in the ns), gives eth0 `ip/prefix_len`, brings lo + eth0 up, default route via
 /// `gateway`. Returns the netns path. Cleans up partial work on failure.

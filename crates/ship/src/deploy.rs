@@ -554,6 +554,10 @@ pub(crate) async fn stop_container(ship: &Ship, c: &ContainerRecord) {
     if let Err(e) = starphleet_runtime::net::delete_netns(&c.netns) {
         warn!(netns = %c.netns, "removing network namespace: {e:#}");
     }
+    // The kernel removes the veth with its namespace, but asynchronously: remove it now.
+    if let Err(e) = starphleet_runtime::net::delete_link(&c.host_if).await {
+        warn!(link = %c.host_if, "removing veth: {e:#}");
+    }
     info!(container = %c.id, "container stopped");
 }
 

@@ -91,6 +91,16 @@ pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport> {
         }
         Err(e) => report.problems.push(format!("listing netns: {e:#}")),
     }
+    match starphleet_runtime::net::list_links(&format!("sp{id}")).await {
+        Ok(names) => {
+            for name in names {
+                if let Err(e) = starphleet_runtime::net::delete_link(&name).await {
+                    report.problems.push(format!("veth {name}: {e:#}"));
+                }
+            }
+        }
+        Err(e) => report.problems.push(format!("listing veths: {e:#}")),
+    }
     if let Err(e) = starphleet_runtime::net::delete_link(&NetPlan::for_ship(&id).bridge).await {
         report.problems.push(format!("bridge: {e:#}"));
     }

@@ -54,9 +54,13 @@ pub fn run(args: &[OsString]) -> ! {
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid == child_pid {
             let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
+                let code = libc::WEXITSTATUS(status);
+                eprintln!("starphleet init: the app exited with code {code}");
+                code
             } else {
-                128 + libc::WTERMSIG(status)
+                let sig = libc::WTERMSIG(status);
+                eprintln!("starphleet init: the app was killed by signal {sig}");
+                128 + sig
             };
             std::process::exit(code);
         }

@@ -335,6 +335,9 @@ fn check(dir: &Path) -> ExitCode {
     }
 }
 
+/// Deploys per service in the human `status` (all of them are in `--json`).
+const DEPLOYS_SHOWN: usize = 3;
+
 fn not_running(state_dir: &Path) -> String {
     format!(
         "the ship in {} is not running (start it with `starphleet ship --state-dir {}`)",
@@ -394,15 +397,20 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
             format!("{running}/{}", s.containers.len()),
             publish.join(", ")
         );
-        if let Some(d) = s.deploys.last() {
+        if s.restarts > 0 {
+            println!("{:<20} restarts: {}", "", s.restarts);
+        }
+        for d in s.deploys.iter().rev().take(DEPLOYS_SHOWN) {
             let steps: Vec<String> = d
                 .steps
                 .iter()
                 .map(|(n, ms)| format!("{n} {ms}ms"))
                 .collect();
             println!(
-                "{:<20} last deploy: {} ({})",
+                "{:<20} deploy {} of {}: {} ({})",
                 "",
+                d.key,
+                &d.app_commit[..12.min(d.app_commit.len())],
                 d.outcome.lines().next().unwrap_or(""),
                 steps.join(", ")
             );

@@ -307,6 +307,10 @@ fn crashing_app_is_restarted_with_growing_delays_and_answers_503_meanwhile() {
             );
             assert!(svc["restarts"].as_u64().unwrap() >= 3, "{svc}");
             assert!(
+                ship.log().contains("the app exited with code 3"),
+                "exit code reported"
+            );
+            assert!(
                 ship.log().contains("exited; restart #2 in 2s"),
                 "{}",
                 ship.log()
@@ -375,4 +379,16 @@ fn failed_build_keeps_the_previous_version_serving() {
         log.contains("[app] build step 1/1") && log.contains("syntax error"),
         "{log}"
     );
+}
+
+#[test]
+fn branch_forced_backwards_deploys_what_it_now_points_at() {
+    let (ship, app) = versioned_ship("");
+    let v1 = git(&app.dir, &["rev-parse", "HEAD"]);
+    commit_version(&app, "v2", "");
+    ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
+    git(&app.dir, &["reset", "-q", "--hard", &v1]);
+    ship.wait_for_body(80, "/app/x", "v1:x", DEPLOY);
+    assert_eq!(service(&ship, "app")["app_commit"], v1);
+    wait_only_serving_containers(&ship, "app");
 }
