@@ -1,0 +1,418 @@
+//! The log store on real files: queries, rotation under caps, reopening after a crash,
+//! following, and a really full disk (a tiny tmpfs).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use starphleet_telemetry::{
+    Followed, Kind, Limits, LogStore, Query, Record, MAX_LINE_BYTES, TRUNCATED,
+};
+
+fn rec(t: u64, service: &str, container: &str, kind: Kind, line: &str) -> Record {
+    Record {
+        time_ns: t,
+        ship: "ship1".into(),
+        service: service.into(),
+        version: "abc123-r1".into(),
+        container: container.into(),
+        kind,
+        stream: match kind {
+            Kind::App => "stdout",
+            Kind::Build => "build",
+            Kind::Access => "access",
+            Kind::Ship => "event",
+            Kind::Health => "health",
+        }
+        .into(),
+        line: line.into(),
+    }
+}
+
+fn lines(records: &[Record]) -> Vec<&str> {
+    records.iter().map(|r| r.line.as_str()).collect()
+}
+
+/// Bytes of all regular files under `dir` (what the disk really holds).
+fn bytes_on_disk(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            if entry.file_name() != ".tail" {
+                total += bytes_on_disk(&entry.path());
+            }
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+#[test]
+fn queries_filter_and_merge_sources_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    // Two containers (old and new version) of one service, written out of time order.
+    store
+        .append(&[
+            rec(10, "echo", "c-old", Kind::App, "old 1"),
+            rec(30, "echo", "c-old", Kind::App, "old 2"),
+            rec(5, "team/api", "a1", Kind::App, "api hello"),
+        ])
+        .unwrap();
+    store
+        .append(&[
+            rec(20, "echo", "c-new", Kind::App, "new 1"),
+            rec(40, "echo", "c-new", Kind::App, "new 2 hello"),
+            rec(25, "echo", "", Kind::Build, "build hello"),
+            rec(35, "", "", Kind::Ship, "deployed echo"),
+        ])
+        .unwrap();
+
+    let q = |q: Query| lines(&store.query(&q).unwrap()).join("|");
+    let echo = || Query {
+        service: Some("echo".into()),
+        ..Query::default()
+    };
+    assert_eq!(q(echo()), "old 1|new 1|build hello|old 2|new 2 hello");
+    assert_eq!(
+        q(Query::default()),
+        "api hello|old 1|new 1|build hello|old 2|deployed echo|new 2 hello"
+    );
+    assert_eq!(
+        q(Query {
+            kind: Some(Kind::Build),
+            ..echo()
+        }),
+        "build hello"
+    );
+    assert_eq!(
+        q(Query {
+            since_ns: Some(20),
+            until_ns: Some(30),
+            ..echo()
+        }),
+        "new 1|build hello|old 2"
+    );
+    assert_eq!(
+        q(Query {
+            grep: Some("hello".into()),
+            ..Query::default()
+        }),
+        "api hello|build hello|new 2 hello"
+    );
+    assert_eq!(
+        q(Query {
+            limit: Some(2),
+            ..echo()
+        }),
+        "old 2|new 2 hello"
+    );
+    assert_eq!(
+        q(Query {
+            service: Some(String::new()),
+            ..Query::default()
+        }),
+        "deployed echo"
+    );
+    assert_eq!(
+        q(Query {
+            service: Some("team/api".into()),
+            ..Query::default()
+        }),
+        "api hello"
+    );
+    assert_eq!(
+        q(Query {
+            service: Some("nope".into()),
+            ..Query::default()
+        }),
+        ""
+    );
+    // Text that JSON escapes is still found.
+    store
+        .append(&[rec(50, "echo", "c-new", Kind::App, "say \"hi\"\tnow")])
+        .unwrap();
+    assert_eq!(
+        q(Query {
+            grep: Some("\"hi\"\t".into()),
+            ..echo()
+        }),
+        "say \"hi\"\tnow"
+    );
+    // One giant line cannot blow up the store: it is cut and marked, like tailed lines.
+    let giant = "g".repeat(MAX_LINE_BYTES * 4);
+    store
+        .append(&[rec(60, "echo", "", Kind::Ship, &giant)])
+        .unwrap();
+    let cut = store
+        .query(&Query {
+            kind: Some(Kind::Ship),
+            ..echo()
+        })
+        .unwrap();
+    assert_eq!(
+        cut[0].line,
+        format!("{}{TRUNCATED}", &giant[..MAX_LINE_BYTES])
+    );
+    let stats = store.stats();
+    assert_eq!(stats.records, 9);
+    assert_eq!(stats.disk_bytes, store.disk_usage());
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+    assert_eq!(
+        stats
+            .service_bytes
+            .iter()
+            .map(|s| s.0.as_str())
+            .collect::<Vec<_>>(),
+        ["", "echo", "team/api"]
+    );
+}
+
+#[test]
+fn rotation_keeps_each_service_and_the_store_under_their_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        segment_bytes: 64 << 10,
+        service_bytes: 256 << 10,
+        total_bytes: 640 << 10,
+    };
+    let store = LogStore::open(dir.path(), limits).unwrap();
+    let filler = "x".repeat(200);
+    let mut t = 0;
+    // 3 services x 2 MiB: eight times a service's cap, ten times the store's.
+    for round in 0..100 {
+        for service in ["a", "b", "c"] {
+            let batch: Vec<Record> = (0..25)
+                .map(|i| {
+                    t += 1;
+                    rec(
+                        t,
+                        service,
+                        "c1",
+                        Kind::App,
+                        &format!("{round}-{i} {filler}"),
+                    )
+                })
+                .collect();
+            store.append(&batch).unwrap();
+            assert!(
+                store.disk_usage() <= limits.total_bytes,
+                "{}",
+                store.disk_usage()
+            );
+            for (name, bytes) in store.stats().service_bytes {
+                assert!(bytes <= limits.service_bytes, "{name}: {bytes}");
+            }
+        }
+    }
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+    assert!(
+        store.disk_usage() > limits.total_bytes / 2,
+        "the caps are used, not wasted"
+    );
+    // The newest records survive; the oldest are gone; order is intact.
+    let newest = store
+        .query(&Query {
+            service: Some("c".into()),
+            limit: Some(3),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(
+        lines(&newest)
+            .iter()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["99-22", "99-23", "99-24"]
+    );
+    let all = store.query(&Query::default()).unwrap();
+    assert!(!all.iter().any(|r| r.line.starts_with("0-")));
+    assert!(all.windows(2).all(|w| w[0].time_ns < w[1].time_ns));
+    // Segment names carry their time span once sealed.
+    let sealed = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name().into_string().unwrap();
+            name.matches('.').count() == 2
+        })
+        .count();
+    assert!(sealed >= 2, "{sealed} sealed segments");
+}
+
+#[test]
+fn reopening_keeps_everything_and_cuts_a_torn_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+        store
+            .append(&[
+                rec(1, "echo", "c1", Kind::App, "one"),
+                rec(2, "echo", "c1", Kind::App, "two"),
+            ])
+            .unwrap();
+    }
+    // A crash in the middle of a write leaves half a line at the end of the active segment.
+    let seg = std::fs::read_dir(dir.path().join("echo"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut data = std::fs::read(&seg).unwrap();
+    data.extend_from_slice(b"{\"time_ns\":3,\"ship\":\"sh");
+    std::fs::write(&seg, &data).unwrap();
+
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    // One store per directory: a second ship on the same state dir is refused.
+    let again = LogStore::open(dir.path(), Limits::default()).err().unwrap();
+    assert!(format!("{again:#}").contains("already open"), "{again:#}");
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+    store
+        .append(&[rec(4, "echo", "c1", Kind::App, "four")])
+        .unwrap();
+    let all = store.query(&Query::default()).unwrap();
+    assert_eq!(lines(&all), ["one", "two", "four"]);
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+}
+
+#[tokio::test]
+async fn followers_get_the_backlog_then_every_new_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    let now = starphleet_telemetry::now_ns();
+    store
+        .append(&[rec(now, "echo", "c1", Kind::App, "before")])
+        .unwrap();
+    let q = Query {
+        service: Some("echo".into()),
+        ..Query::default()
+    };
+    let (backlog, mut follow) = store.follow(&q).unwrap();
+    assert_eq!(lines(&backlog), ["before"]);
+
+    let writer = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            // A redeploy: the new container's lines keep coming to the same follow.
+            store
+                .append(&[
+                    rec(now + 1, "other", "x", Kind::App, "not echo"),
+                    rec(now + 2, "echo", "c2-new-version", Kind::App, "after 1"),
+                    rec(now + 3, "echo", "", Kind::Build, "after 2"),
+                ])
+                .unwrap();
+        })
+    };
+    writer.await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), follow.next()).await {
+            Ok(Some(Followed::Record(r))) => got.push(r.line),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, ["after 1", "after 2"]);
+
+    // A plain subscriber sees everything stored.
+    let mut sub = store.subscribe();
+    store
+        .append(&[rec(now + 4, "x", "", Kind::Ship, "event")])
+        .unwrap();
+    assert_eq!(sub.recv().await.unwrap().line, "event");
+}
+
+/// Mounts a tmpfs of `size` at `dir`; false (after a loud message) where that is impossible.
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("\n*** SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run ***\n");
+    }
+    ok
+}
+
+#[test]
+fn a_full_disk_is_counted_and_reported_never_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    if !mount_tmpfs(dir.path(), "1m") {
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let store_dir = dir.path().join("store");
+        let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+        let line = "y".repeat(900);
+        let batch = |service: &str, n: u64, base: u64| -> Vec<Record> {
+            (0..n)
+                .map(|i| {
+                    rec(
+                        base + i,
+                        service,
+                        "c1",
+                        Kind::App,
+                        &format!("{service} {i} {line}"),
+                    )
+                })
+                .collect()
+        };
+        store.append(&batch("noisy", 300, 0)).unwrap();
+        // Something else fills the disk.
+        let filler = dir.path().join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4k"])
+            .arg(format!("of={}", filler.display()))
+            .output();
+        // Full: the store frees its oldest segment and the quiet service's line still lands.
+        store.append(&batch("quiet", 1, 1000)).unwrap();
+        assert!(
+            store
+                .query(&Query {
+                    service: Some("noisy".into()),
+                    ..Query::default()
+                })
+                .unwrap()
+                .is_empty(),
+            "the noisy service's old segment made room"
+        );
+        assert_eq!(
+            lines(
+                &store
+                    .query(&Query {
+                        service: Some("quiet".into()),
+                        ..Query::default()
+                    })
+                    .unwrap()
+            )
+            .len(),
+            1
+        );
+        // More than the disk can hold even after the store gave up all it had: an error,
+        // counted, and no torn line left behind.
+        let err = store.append(&batch("quiet", 2000, 2000)).unwrap_err();
+        assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+        let stats = store.stats();
+        assert_eq!(stats.write_errors, 1);
+        assert!(stats.last_error.unwrap().contains("No space left"));
+        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+        // Once there is room again, writing simply goes on.
+        std::fs::remove_file(&filler).unwrap();
+        store.append(&batch("quiet", 5, 9000)).unwrap();
+        let quiet = store
+            .query(&Query {
+                service: Some("quiet".into()),
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(quiet.len(), 5, "{:?}", lines(&quiet));
+        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+    });
+    let _ = Command::new("umount").arg(dir.path()).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
