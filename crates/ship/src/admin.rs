@@ -4,7 +4,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,6 +35,37 @@ pub struct Status {
     pub errors: Vec<String>,
     /// Services, by name.
     pub services: Vec<ServiceStatus>,
+    /// The log store's size.
+    #[serde(default)]
+    pub logs: Option<LogSummary>,
+}
+
+/// The log store in the status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSummary {
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// Records stored since the store was opened.
+    pub records: u64,
+}
+
+/// One public route of a service, with the proxy's live counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// Public port.
+    pub port: u16,
+    /// URL prefix.
+    pub prefix: String,
+    /// Requests answered since the proxy started.
+    pub requests: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Requests by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub requests_by_class: [u64; 5],
+    /// Median latency, ms.
+    pub latency_ms_p50: Option<f64>,
+    /// 99th percentile latency, ms.
+    pub latency_ms_p99: Option<f64>,
 }
 
 /// One service in the status.
@@ -58,6 +91,9 @@ pub struct ServiceStatus {
     pub deploys: Vec<DeployRecord>,
     /// Crashes since it last ran steadily (restarts back off exponentially).
     pub restarts: u32,
+    /// Its routes with live counters.
+    #[serde(default)]
+    pub routes: Vec<RouteStatus>,
 }
 
 /// One container in the status.
@@ -73,6 +109,27 @@ pub struct ContainerStatus {
     pub running: bool,
     /// Unix ms of its start.
     pub started_at_ms: u64,
+    /// CPU time used, seconds (from its cgroup).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// Working-set memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Peak memory, bytes, where the kernel records it.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
+    /// Threads in its cgroup.
+    #[serde(default)]
+    pub threads: Option<u64>,
+    /// Bytes it received on its veth.
+    #[serde(default)]
+    pub net_rx_bytes: Option<u64>,
+    /// Bytes it sent on its veth.
+    #[serde(default)]
+    pub net_tx_bytes: Option<u64>,
+    /// Host end of its veth (for sampling).
+    #[serde(skip)]
+    pub host_if: String,
 }
 
 /// Builds the status from persisted and live state.
@@ -131,6 +188,13 @@ pub fn status(ship: &Ship) -> Status {
                             pid: c.pid,
                             running: c.pid != 0 && process_alive(c.pid),
                             started_at_ms: c.started_at_ms,
+                            cpu_seconds: None,
+                            memory_bytes: None,
+                            memory_peak_bytes: None,
+                            threads: None,
+                            net_rx_bytes: None,
+                            net_tx_bytes: None,
+                            host_if: c.host_if.clone(),
                         })
                         .collect()
                 })
@@ -160,6 +224,18 @@ pub fn status(ship: &Ship) -> Status {
                 error,
                 deploys: svc.deploys.clone(),
                 restarts: svc.restarts,
+                routes: current
+                    .map(|v| {
+                        v.publish
+                            .iter()
+                            .map(|p| RouteStatus {
+                                port: p.public,
+                                prefix: p.url.clone(),
+                                ..Default::default()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 name,
             }
         })
@@ -172,7 +248,91 @@ pub fn status(ship: &Ship) -> Status {
         headquarters_error: live.hq_error.clone(),
         errors,
         services,
+        logs: None,
     }
+}
+
+/// The status with live numbers: container samples from the kernel, route counters from the proxy.
+pub async fn live_status(ship: &Ship) -> Status {
+    let mut st = status(ship);
+    let proxy = ship.proxy.status().await.ok();
+    for svc in &mut st.services {
+        for c in svc.containers.iter_mut().filter(|c| c.running) {
+            if let Ok(sample) =
+                starphleet_telemetry::metrics::sample_container(c.pid, Some(&c.host_if)).await
+            {
+                c.cpu_seconds = Some(sample.cpu_usage_ns as f64 / 1e9);
+                c.memory_bytes = Some(sample.memory_working_set_bytes);
+                c.memory_peak_bytes = sample.memory_peak_bytes;
+                c.threads = Some(sample.threads);
+                c.net_rx_bytes = sample.net.as_ref().map(|n| n.rx_bytes);
+                c.net_tx_bytes = sample.net.as_ref().map(|n| n.tx_bytes);
+            }
+        }
+        if let Some(p) = &proxy {
+            let in_flight: u64 = svc
+                .containers
+                .iter()
+                .map(|c| p.in_flight.get(&c.id).copied().unwrap_or(0))
+                .sum();
+            for r in &mut svc.routes {
+                r.in_flight = in_flight;
+                r.requests = p.requests.get(&svc.name).copied().unwrap_or(0);
+            }
+        }
+    }
+    let stats = ship.observer.store.stats();
+    st.logs = Some(LogSummary {
+        disk_bytes: stats.disk_bytes,
+        records: stats.records,
+    });
+    st
+}
+
+/// Prometheus text for every running container (cAdvisor names) and the log store.
+pub async fn metrics(ship: &Ship) -> String {
+    use starphleet_telemetry::metrics::{self, ContainerLabels, Scrape};
+    let mut containers = Vec::new();
+    let running: Vec<(String, String, u32, crate::state::ContainerRecord)> = {
+        let state = ship.state.lock().unwrap();
+        state
+            .services
+            .iter()
+            .flat_map(|(name, svc)| {
+                svc.current
+                    .iter()
+                    .chain(svc.draining.iter())
+                    .flat_map(move |v| {
+                        let label = crate::observe::version_label(&v.app_commit, &v.order_revision);
+                        v.containers
+                            .iter()
+                            .map(move |c| (name.clone(), label.clone(), svc.restarts, c.clone()))
+                    })
+            })
+            .collect()
+    };
+    for (service, version, restarts, c) in running {
+        if c.pid == 0 || !process_alive(c.pid) {
+            continue;
+        }
+        if let Ok(mut sample) = metrics::sample_container(c.pid, Some(&c.host_if)).await {
+            sample.restarts = restarts as u64;
+            containers.push((
+                ContainerLabels {
+                    ship: ship.opts.name.clone(),
+                    service,
+                    version,
+                    container: c.id.clone(),
+                },
+                sample,
+            ));
+        }
+    }
+    metrics::render(Scrape {
+        containers,
+        routes: Vec::new(),
+        logs: Some((ship.opts.name.clone(), ship.observer.store.stats())),
+    })
 }
 
 /// Marks `service` for a fresh build and zero-downtime switch on the next reconcile pass.
@@ -201,23 +361,115 @@ fn request_redeploy(ship: &Ship, service: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// Every admin response body: whole, or streamed for `logs?follow=1`.
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
         .expect("static response parts are valid")
 }
 
-async fn handle(
-    ship: Arc<Ship>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    respond(status, "application/json", body)
+}
+
+/// `GET /logs?service=&since=&until=&grep=&kind=&limit=&follow=1`: JSON lines, newest last.
+fn logs(ship: &Ship, query: Option<&str>) -> Response<Body> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let parsed = crate::logs::parse_query(
+        param("service"),
+        param("since"),
+        param("until"),
+        param("grep"),
+        param("kind"),
+        param("limit"),
+    );
+    let q = match parsed {
+        Ok(q) => q,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": e }).to_string(),
+            )
+        }
+    };
+    let follow = matches!(param("follow"), Some("1") | Some("true"));
+    if !follow {
+        return match ship.observer.store.query(&q) {
+            Ok(records) => {
+                let mut out = String::new();
+                for r in records {
+                    out.push_str(&serde_json::to_string(&r).unwrap_or_default());
+                    out.push('\n');
+                }
+                respond(StatusCode::OK, "application/x-ndjson", out)
+            }
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            ),
+        };
+    }
+    let (backlog, mut live) = match ship.observer.store.follow(&q) {
+        Ok(f) => f,
+        Err(e) => {
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            )
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        for r in backlog {
+            let line = serde_json::to_string(&r).unwrap_or_default() + "\n";
+            if tx.send(line.into()).await.is_err() {
+                return;
+            }
+        }
+        while let Some(next) = live.next().await {
+            let line = match next {
+                starphleet_telemetry::Followed::Record(r) => {
+                    serde_json::to_string(&r).unwrap_or_default()
+                }
+                starphleet_telemetry::Followed::Missed(n) => {
+                    serde_json::json!({ "missed": n }).to_string()
+                }
+            } + "\n";
+            if tx.send(line.into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("static response parts are valid")
+}
+
+async fn handle(ship: Arc<Ship>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(
             StatusCode::OK,
-            serde_json::to_string_pretty(&status(&ship)).unwrap_or_default(),
+            serde_json::to_string_pretty(&live_status(&ship).await).unwrap_or_default(),
         ),
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            starphleet_telemetry::metrics::CONTENT_TYPE,
+            metrics(&ship).await,
+        ),
+        (&Method::GET, "/logs") => logs(&ship, req.uri().query()),
         (&Method::GET, "/health") => json(StatusCode::OK, "{\"ok\":true}".into()),
         (&Method::POST, path) if path.starts_with("/redeploy/") => {
             let service = &path["/redeploy/".len()..];
@@ -234,7 +486,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            "{\"error\":\"unknown admin path; try GET /status\"}".into(),
+            "{\"error\":\"unknown admin path; try GET /status, /metrics or /logs\"}".into(),
         ),
     };
     Ok(resp)
@@ -312,4 +564,38 @@ pub async fn request(
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends `GET path` to the ship behind `admin.sock` and hands each line of the (streamed)
+/// body to `on_line` as it arrives; returns the status code.
+pub async fn stream_lines(
+    socket: &std::path::Path,
+    path: &str,
+    mut on_line: impl FnMut(&str),
+) -> Result<u16> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("no ship answers on {}", socket.display()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "starphleet")
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let code = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                on_line(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref());
+            }
+        }
+    }
+    if !pending.is_empty() {
+        on_line(String::from_utf8_lossy(&pending).as_ref());
+    }
+    Ok(code)
 }

@@ -11,8 +11,10 @@ use starphleet_runtime::{Bind, ContainerSpec};
 use tracing::{error, info, warn};
 
 use crate::health;
+use crate::observe::version_label;
 use crate::ship::{safe_name, Ship};
 use crate::state::{now_ms, ContainerRecord, DeployRecord, PublishRecord, Version, DEPLOY_HISTORY};
+use starphleet_telemetry::Kind;
 
 /// How long a stopping container gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -66,7 +68,48 @@ pub(crate) async fn deploy(ship: Arc<Ship>, plan: Plan) {
         outcome: "in progress".into(),
     };
     info!(service = %plan.service, commit = %plan.app_commit, version = %plan.key, "deploy started");
+    let label = version_label(&plan.app_commit, &plan.order.revision);
+    ship.observer.event(
+        &plan.service,
+        &label,
+        Kind::Ship,
+        &format!("deploy of {} started", short(&plan.app_commit)),
+    );
     let result = pipeline(&ship, &plan, &mut record).await;
+    let steps: Vec<String> = record
+        .steps
+        .iter()
+        .map(|(n, ms)| format!("{n} {ms}ms"))
+        .collect();
+    match &result {
+        Ok(_) => ship.observer.event(
+            &plan.service,
+            &label,
+            Kind::Ship,
+            &format!("serving ({})", steps.join(", ")),
+        ),
+        Err(e) => {
+            let step = record.steps.last().map(|s| s.0.as_str()).unwrap_or("");
+            let kind = if step == "health" {
+                Kind::Health
+            } else {
+                Kind::Ship
+            };
+            ship.observer.event(
+                &plan.service,
+                &label,
+                kind,
+                &format!(
+                    "deploy {}: {e:#}",
+                    if e.is::<Superseded>() {
+                        "stopped"
+                    } else {
+                        "failed"
+                    }
+                ),
+            );
+        }
+    }
     let mut pending = Vec::new();
     {
         let mut state = ship.state.lock().unwrap();
@@ -373,6 +416,11 @@ async fn build(
     let _guard = ship
         .lock(&starphleet_build::layer_key(&plan.app_commit, &app.build))
         .await;
+    ship.observer.watch_build(
+        &plan.service,
+        &log_dir.join("build.log"),
+        &version_label(&plan.app_commit, &plan.order.revision),
+    );
     let layer = tokio::task::spawn_blocking(move || {
         let id = format!("sp-{}-{seq:x}-build", ship2.id);
         let cgroup = format!("/starphleet-{}/{id}", ship2.id);
@@ -516,6 +564,11 @@ async fn start_container(
     }
     ship.save(&state);
     info!(service = %plan.service, container = %started.id, ip = %started.ip, pid, "container started");
+    ship.observer.watch_container(
+        &plan.service,
+        &version_label(&plan.app_commit, &plan.order.revision),
+        &started,
+    );
     Ok(started)
 }
 
@@ -558,6 +611,7 @@ pub(crate) async fn stop_container(ship: &Ship, c: &ContainerRecord) {
     if let Err(e) = starphleet_runtime::net::delete_link(&c.host_if).await {
         warn!(link = %c.host_if, "removing veth: {e:#}");
     }
+    ship.observer.unwatch_container(c);
     info!(container = %c.id, "container stopped");
 }
 
@@ -602,11 +656,18 @@ pub(crate) async fn retire(ship: Arc<Ship>, service: String) {
 pub(crate) async fn adopt(ship: &Arc<Ship>) {
     let (known, leftovers) = {
         let mut state = ship.state.lock().unwrap();
-        let mut leftovers: Vec<ContainerRecord> = Vec::new();
-        for svc in state.services.values_mut() {
-            leftovers.append(&mut svc.pending);
+        let mut leftovers: Vec<(String, ContainerRecord)> = Vec::new();
+        for (name, svc) in state.services.iter_mut() {
+            leftovers.extend(svc.pending.drain(..).map(|c| (name.clone(), c)));
             for v in svc.draining.drain(..) {
-                leftovers.extend(v.containers);
+                leftovers.extend(v.containers.into_iter().map(|c| (name.clone(), c)));
+            }
+            // Resume collecting the output of what keeps running, where it stopped.
+            if let Some(v) = &svc.current {
+                let label = version_label(&v.app_commit, &v.order_revision);
+                for c in &v.containers {
+                    ship.observer.watch_container(name, &label, c);
+                }
             }
         }
         ship.save(&state);
@@ -614,8 +675,9 @@ pub(crate) async fn adopt(ship: &Arc<Ship>) {
             state.all_containers().map(|c| c.id.clone()).collect();
         (known, leftovers)
     };
-    for c in &leftovers {
+    for (service, c) in &leftovers {
         info!(container = %c.id, "removing container of an interrupted deploy or drain");
+        ship.observer.watch_container(service, "", c);
         stop_container(ship, c).await;
     }
     // Containers the runtime has but the state does not (e.g. a crash between start and save).
@@ -679,6 +741,8 @@ pub(crate) async fn supervise(ship: &Arc<Ship>) {
                         tail_output(&c)
                     );
                     error!("{msg}");
+                    let label = version_label(&v.app_commit, &v.order_revision);
+                    ship.observer.event(service, &label, Kind::Ship, &msg);
                     svc.last_error = Some(msg);
                     dead.push(c);
                 }

@@ -44,6 +44,10 @@ impl Layout {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// The log store: every record the ship keeps, per service, rotated and capped.
+    pub fn log_store(&self) -> PathBuf {
+        self.root.join("logstore")
+    }
     /// Logs of one service.
     pub fn service_logs(&self, service: &str) -> PathBuf {
         self.logs().join(service)

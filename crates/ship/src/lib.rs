@@ -11,7 +11,10 @@ pub mod down;
 mod env;
 mod health;
 pub mod layout;
+pub mod logs;
+mod observe;
 mod ship;
 pub mod state;
 
+pub use observe::version_label;
 pub use ship::{safe_name, split_source, NetPlan, Ship, ShipOptions};

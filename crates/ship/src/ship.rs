@@ -106,6 +106,7 @@ pub struct Ship {
     pub(crate) state: Mutex<ShipState>,
     pub(crate) live: Mutex<Live>,
     pub(crate) wake: Notify,
+    pub(crate) observer: crate::observe::Observer,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -169,7 +170,11 @@ impl Ship {
         let state = ShipState::load(&layout.state_file())?;
         let builder = Builder::new(layout.builds(), runtime.clone());
         let proxy = ProxyClient::new(layout.proxy_socket());
+        let observer = crate::observe::Observer::open(&layout, &opts.name).with_context(|| {
+            format!("opening the log store in {}", layout.log_store().display())
+        })?;
         Ok(Arc::new(Ship {
+            observer,
             net: NetPlan::for_ship(&id),
             git: Git::new(ssh),
             runtime,
@@ -522,11 +527,7 @@ impl Ship {
                     .filter(|c| c.pid != 0 && crate::layout::process_alive(c.pid))
                     .map(|c| Upstream {
                         addr: SocketAddr::new(c.ip.into(), p.private),
-                        version: format!(
-                            "{}@{}",
-                            &v.app_commit[..12.min(v.app_commit.len())],
-                            &v.key
-                        ),
+                        version: crate::observe::version_label(&v.app_commit, &v.order_revision),
                         container: c.id.clone(),
                     })
                     .collect();

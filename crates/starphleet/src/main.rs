@@ -76,6 +76,37 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
         state_dir: PathBuf,
     },
+    /// Show what services printed, built, served and what the ship did; newest last.
+    #[command(
+        after_help = "Examples:\n  starphleet logs echo --since 10m\n  starphleet logs echo -f\n  starphleet logs --kind access --grep ' 500 ' --json\n  starphleet logs --kind ship          # deploy events of every service"
+    )]
+    Logs {
+        /// Only this service (default: every service and the ship's own events).
+        service: Option<String>,
+        /// Only records newer than this: a duration (10m, 2h) or a UTC time (2026-11-27T08:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records older than this (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only lines containing this text.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only this kind: app, build, access, ship or health.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many of the newest records (default 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep following new records, across redeploys.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
     /// Rebuild a service and switch to it with zero downtime.
     #[command(
         after_help = "Examples:\n  starphleet redeploy echo\n  starphleet redeploy team/api"
@@ -219,6 +250,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, state_dir } => status(&state_dir, json),
+        Command::Logs {
+            service,
+            since,
+            until,
+            grep,
+            kind,
+            limit,
+            follow,
+            json,
+            state_dir,
+        } => {
+            let limit = limit.map(|l| l.to_string());
+            let params = [
+                ("service", service.as_deref()),
+                ("since", since.as_deref()),
+                ("until", until.as_deref()),
+                ("grep", grep.as_deref()),
+                ("kind", kind.as_deref()),
+                ("limit", limit.as_deref()),
+            ];
+            // Validate here too, so a typo is reported even when the ship is down.
+            starphleet_ship::logs::parse_query(
+                params[0].1,
+                params[1].1,
+                params[2].1,
+                params[3].1,
+                params[4].1,
+                params[5].1,
+            )
+            .map_err(anyhow::Error::msg)?;
+            logs(&state_dir, &params, follow, json)
+        }
         Command::Redeploy { service, state_dir } => {
             let socket = Layout::new(&state_dir).admin_socket();
             let (code, body) = runtime()?
@@ -333,6 +396,75 @@ fn check(dir: &Path) -> ExitCode {
         );
         ExitCode::FAILURE
     }
+}
+
+/// Prints one record (a JSON line from the ship) for a human, or as is.
+fn print_record(line: &str, json: bool) {
+    if json {
+        println!("{line}");
+        return;
+    }
+    match serde_json::from_str::<starphleet_telemetry::Record>(line) {
+        Ok(r) => println!("{r}"),
+        Err(_) => match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.get("missed").is_some() => {
+                eprintln!(
+                    "starphleet: {} records were skipped because this reader fell behind",
+                    v["missed"]
+                )
+            }
+            Ok(v) if v.get("error").is_some() => {
+                eprintln!("starphleet: error: {}", v["error"].as_str().unwrap_or(""))
+            }
+            _ => println!("{line}"),
+        },
+    }
+}
+
+fn logs(
+    state_dir: &Path,
+    params: &[(&str, Option<&str>)],
+    follow: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let layout = Layout::new(state_dir);
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
+    }
+    if follow {
+        query.append_pair("follow", "1");
+    }
+    let path = format!("/logs?{}", query.finish());
+    let rt = runtime()?;
+    match rt.block_on(starphleet_ship::admin::stream_lines(
+        &layout.admin_socket(),
+        &path,
+        |l| print_record(l, json),
+    )) {
+        Ok(200) => return Ok(ExitCode::SUCCESS),
+        Ok(_) => return Ok(ExitCode::FAILURE),
+        Err(_) if follow => bail!("{}; `logs -f` needs a running ship", not_running(state_dir)),
+        Err(_) => {}
+    }
+    // The ship is down: read its store directly.
+    let q = starphleet_ship::logs::parse_query(
+        params[0].1,
+        params[1].1,
+        params[2].1,
+        params[3].1,
+        params[4].1,
+        params[5].1,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let store = starphleet_telemetry::LogStore::open(&layout.log_store(), Default::default())
+        .with_context(|| format!("reading logs in {}", layout.log_store().display()))?;
+    for r in store.query(&q)? {
+        print_record(&serde_json::to_string(&r)?, json);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Deploys per service in the human `status` (all of them are in `--json`).
