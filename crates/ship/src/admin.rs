@@ -38,6 +38,18 @@ pub struct Status {
     /// The log store's size.
     #[serde(default)]
     pub logs: Option<LogSummary>,
+    /// Log forwarders named in `.starphleet`.
+    #[serde(default)]
+    pub forwarders: Vec<ForwarderStatus>,
+}
+
+/// One log forwarder in the status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwarderStatus {
+    /// Where it sends, e.g. `syslog tcp://…`.
+    pub target: String,
+    /// Its counters.
+    pub stats: starphleet_telemetry::ForwardStats,
 }
 
 /// The log store in the status.
@@ -142,6 +154,15 @@ pub fn status(ship: &Ship) -> Status {
         .map(|hq| hq.errors.iter().map(|d| d.to_string()).collect())
         .unwrap_or_default();
     errors.extend(live.env_errors.iter().cloned());
+    errors.extend(live.forward_error.iter().cloned());
+    let forwarders = live
+        .forwarders
+        .iter()
+        .map(|f| ForwarderStatus {
+            target: f.target().to_string(),
+            stats: f.stats(),
+        })
+        .collect();
     let broken: Vec<(String, String)> = live
         .hq
         .as_ref()
@@ -249,6 +270,7 @@ pub fn status(ship: &Ship) -> Status {
         errors,
         services,
         logs: None,
+        forwarders,
     }
 }
 

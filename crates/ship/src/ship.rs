@@ -83,6 +83,9 @@ pub(crate) struct Live {
     pub env_errors: Vec<String>,
     pub deploying: HashMap<String, InFlight>,
     pub unreachable: BTreeMap<String, String>,
+    /// Log forwarders named in `.starphleet`, and the problem with that setting, if any.
+    pub forwarders: Vec<starphleet_telemetry::Forwarder>,
+    pub forward_error: Option<String>,
 }
 
 /// A deploy (or retirement) under way for one service.
@@ -356,6 +359,10 @@ impl Ship {
             }
             let mut live = self.live.lock().unwrap();
             live.hq_commit = Some(commit);
+            // A broken `.starphleet` keeps the forwarders it had.
+            if !hq.settings_broken() {
+                self.reforward(&mut live, &hq.settings);
+            }
             live.hq = Some(hq);
         }
         Ok(())
@@ -569,6 +576,29 @@ impl Ship {
             .or_default()
             .clone();
         lock.lock_owned().await
+    }
+
+    /// Starts the log forwarders `.starphleet` names, replacing others; keeps them if unchanged.
+    fn reforward(&self, live: &mut Live, settings: &[(String, String)]) {
+        match starphleet_telemetry::ForwardTarget::from_settings(settings) {
+            Ok(targets) => {
+                live.forward_error = None;
+                let current: Vec<_> = live.forwarders.iter().map(|f| f.target().clone()).collect();
+                if current != targets {
+                    live.forwarders = targets
+                        .into_iter()
+                        .map(|t| {
+                            info!(target = %t, "forwarding logs");
+                            starphleet_telemetry::Forwarder::spawn(&self.observer.store, t)
+                        })
+                        .collect();
+                }
+            }
+            Err(e) => {
+                error!("log forwarding setting in .starphleet: {e}");
+                live.forward_error = Some(format!(".starphleet: {e}"));
+            }
+        }
     }
 
     /// Asks the reconciler for an immediate pass.

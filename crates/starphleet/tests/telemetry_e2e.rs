@@ -368,3 +368,62 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn logs_are_forwarded_to_the_syslog_server_named_in_settings() {
+    let mut ship = TestShip::new();
+    let listener = ship
+        .net
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn);
+        loop {
+            // RFC 6587 octet counting: "LEN SP MSG".
+            let mut len = Vec::new();
+            if reader.read_until(b' ', &mut len).unwrap_or(0) == 0 {
+                return;
+            }
+            let n: usize = String::from_utf8_lossy(&len).trim().parse().unwrap();
+            let mut msg = vec![0; n];
+            std::io::Read::read_exact(&mut reader, &mut msg).unwrap();
+            if tx.send(String::from_utf8_lossy(&msg).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    let app = ticker_repo(&ship.path("ticker"), "");
+    ship.hq
+        .write(
+            ".starphleet",
+            &format!("STARPHLEET_LOG_SYSLOG=tcp://127.0.0.1:{port}\n"),
+        )
+        .write(
+            "ticker.orders",
+            &format!("autodeploy {}\npublish --private 8000\n", app.url()),
+        )
+        .commit("forwarded");
+    ship.start();
+    ship.wait_for_body(80, "/ticker/ready", "/ready", DEPLOY);
+    ship.get(80, "/ticker/say/over-syslog").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = rx
+            .recv_timeout(left)
+            .expect("the marker never reached the syslog server");
+        if msg.contains("said over-syslog") {
+            assert!(msg.starts_with("<134>1 "), "{msg}");
+            assert!(msg.contains(" testship ticker "), "{msg}");
+            break;
+        }
+    }
+    let st = ship.status_json();
+    assert_eq!(
+        st["forwarders"][0]["stats"]["connected"], true,
+        "{}",
+        st["forwarders"]
+    );
+}
