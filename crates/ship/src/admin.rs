@@ -41,6 +41,9 @@ pub struct Status {
     /// Log forwarders named in `.starphleet`.
     #[serde(default)]
     pub forwarders: Vec<ForwarderStatus>,
+    /// The ship's clock when this status was built, Unix ms (the dashboard computes rates from it).
+    #[serde(default)]
+    pub sampled_at_ms: u64,
 }
 
 /// One log forwarder in the status.
@@ -271,6 +274,7 @@ pub fn status(ship: &Ship) -> Status {
         services,
         logs: None,
         forwarders,
+        sampled_at_ms: crate::state::now_ms(),
     }
 }
 
@@ -486,6 +490,11 @@ async fn handle(ship: Arc<Ship>, req: Request<Incoming>) -> Result<Response<Body
             StatusCode::OK,
             serde_json::to_string_pretty(&live_status(&ship).await).unwrap_or_default(),
         ),
+        (&Method::GET, "/") => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            include_str!("dashboard.html"),
+        ),
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             starphleet_telemetry::metrics::CONTENT_TYPE,
@@ -508,7 +517,7 @@ async fn handle(ship: Arc<Ship>, req: Request<Incoming>) -> Result<Response<Body
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            "{\"error\":\"unknown admin path; try GET /status, /metrics or /logs\"}".into(),
+            "{\"error\":\"unknown admin path; try GET /, /status, /metrics or /logs\"}".into(),
         ),
     };
     Ok(resp)
