@@ -26,6 +26,7 @@ if os.environ.get("TICK"):
     threading.Thread(target=tick, daemon=True).start()
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def log_message(self, *a):
         pass
     def reply(self, body):

@@ -152,6 +152,7 @@ pub const GREETER: &str = r#"import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
         body = (os.environ.get("GREETING", "") + self.path.lstrip("/")).encode()
         self.send_response(200)
