@@ -298,3 +298,82 @@ fn demo_serves_the_echo_service() {
         ship.log()
     );
 }
+
+/// An sshd in the ship's namespace that accepts one key for root; killed on drop.
+struct Sshd(std::process::Child);
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn keygen(path: &std::path::Path) {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn private_app_over_ssh_with_the_state_dir_key() {
+    let mut ship = TestShip::new();
+    let app = greeter_repo(&ship.path("private/greeter"));
+    let dir = ship.path("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let config = format!(
+        "Port 2222\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         StrictModes no\nUsePAM no\nPidFile {d}/sshd.pid\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    let _sshd = Sshd(
+        ship.net
+            .command("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sshd (apt-get install openssh-server)"),
+    );
+
+    // The deploy key goes into the state dir, as an operator would put it.
+    let ssh_dir = ship.state.join("ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(dir.join("client_key"), ssh_dir.join("id_ed25519")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        ssh_dir.join("id_ed25519"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    let url = format!("ssh://root@127.0.0.1:2222{}#main", app.dir.display());
+    ship.hq
+        .write(
+            "private.orders",
+            &format!(
+                "autodeploy {url}\npublish --private 8000 --url /p\nexport GREETING=secret-\n"
+            ),
+        )
+        .commit("private");
+    ship.start();
+    ship.wait_for_body(80, "/p/x", "secret-x", DEPLOY);
+    assert!(
+        ship.log().contains("using ssh deploy key"),
+        "{}",
+        ship.log()
+    );
+}
