@@ -46,6 +46,9 @@ pub struct Status {
     pub requests: BTreeMap<String, u64>,
     /// Ports of the table that could not be bound, with why; retried on the next `SetRoutes`.
     pub bind_errors: BTreeMap<u16, String>,
+    /// Counters of every route in the table.
+    #[serde(default)]
+    pub routes: Vec<crate::RouteCounters>,
 }
 
 /// The proxy's answer to one request.

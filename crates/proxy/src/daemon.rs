@@ -29,7 +29,10 @@ pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         shared: Arc::new(Shared::new()),
         listen_ip: opts.listen_ip,
-        state: Mutex::default(),
+        state: Mutex::new(State {
+            counters: Counters::new(opts.access_log_dir.clone()),
+            ..State::default()
+        }),
         stop: Notify::new(),
     });
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "proxy started");
@@ -97,6 +100,7 @@ impl Daemon {
                     listening: state.listeners.ports(),
                     in_flight: state.counters.in_flight(&table),
                     requests: state.counters.requests(),
+                    routes: state.counters.routes(&table),
                     bind_errors: state.listeners.errors.clone(),
                     table,
                 })
@@ -122,6 +126,7 @@ impl Daemon {
         {
             tracing::warn!("gave up waiting for open connections after {DRAIN_LIMIT:?}");
         }
+        self.shared.stop_workers();
         tracing::info!("proxy stopped");
     }
 }

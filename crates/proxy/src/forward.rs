@@ -16,7 +16,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use crate::listen::{Shared, TrackToken};
+use crate::listen::{Local, Shared, TrackToken};
+use crate::stats::{AccessFile, RouteStats};
+use crate::upstream::{self, DirectBody, Reusable};
 
 /// The reserved path every public port answers for load balancers.
 const HEALTH_PATH: &str = "/starphleet/health";
@@ -35,24 +37,67 @@ const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=ut
 pub(crate) struct ConnCtx {
     /// The proxy's state.
     pub shared: Arc<Shared>,
+    /// The serving thread's upstream connection pool.
+    local: Arc<Local>,
     /// The public port the connection came in on, which selects its routes.
     pub port: u16,
     /// The client's address, for the access log.
     pub peer: SocketAddr,
     /// The client IP, formatted once per connection for `X-Forwarded-For`.
     client_ip: HeaderValue,
+    /// Requests started on this connection (high 32 bits) and still in progress (low 32 bits),
+    /// for closing idle connections without a timer per request.
+    activity: AtomicU64,
+}
+
+/// A snapshot of a connection's [`ConnCtx::activity`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Activity {
+    /// Requests started so far (wrapping).
+    pub started: u32,
+    /// Requests whose response has not been sent in full yet.
+    pub active: u32,
 }
 
 impl ConnCtx {
     /// The context of a connection accepted from `peer` on `port`.
-    pub fn new(shared: Arc<Shared>, port: u16, peer: SocketAddr) -> Self {
+    pub fn new(shared: Arc<Shared>, local: Arc<Local>, port: u16, peer: SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         ConnCtx {
             shared,
+            local,
             port,
             peer: SocketAddr::new(ip, peer.port()),
             client_ip: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
+            activity: AtomicU64::new(0),
         }
+    }
+
+    /// Requests started and in progress on this connection.
+    pub fn activity(&self) -> Activity {
+        let v = self.activity.load(Ordering::Relaxed);
+        Activity {
+            started: (v >> 32) as u32,
+            active: v as u32,
+        }
+    }
+}
+
+/// Marks a request in progress on its connection until its response has been sent (or the
+/// client went away).
+pub(crate) struct Active(Arc<ConnCtx>);
+
+impl Active {
+    fn new(conn: &Arc<ConnCtx>) -> Self {
+        // Started wraps in the high half; active never exceeds the requests in flight.
+        conn.activity.fetch_add((1 << 32) | 1, Ordering::Relaxed);
+        Active(conn.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.activity.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -61,7 +106,16 @@ pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
+    let active = Active::new(&conn);
+    let mut resp = forward(&conn, req).await;
+    resp.body_mut().active = Some(active);
+    Ok(resp)
+}
+
+async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+    // The clock is read only for the access log.
+    let began = Instant::now();
+    let start = AccessLog::enabled().then_some(began);
     let shared = &conn.shared;
     if req.uri().path() == HEALTH_PATH {
         let (status, body) = if shared.is_draining() {
@@ -69,7 +123,7 @@ pub(crate) async fn handle(
         } else {
             (StatusCode::OK, "ok")
         };
-        return Ok(local(&conn, &req, start, None, status, body));
+        return local(conn, &req, (start, began), None, None, status, body);
     }
 
     // Pick an upstream and count it in flight, then make sure the table did not change meanwhile:
@@ -83,7 +137,15 @@ pub(crate) async fn handle(
                 table.table.ship,
                 req.uri().path()
             );
-            return Ok(local(&conn, &req, start, None, StatusCode::NOT_FOUND, body));
+            return local(
+                conn,
+                &req,
+                (start, began),
+                None,
+                None,
+                StatusCode::NOT_FOUND,
+                body,
+            );
         };
         let Some(upstream) = route.pick() else {
             route.requests.fetch_add(1, Ordering::Relaxed);
@@ -93,10 +155,19 @@ pub(crate) async fn handle(
                 table.table.ship
             );
             let status = StatusCode::SERVICE_UNAVAILABLE;
-            let mut resp = local(&conn, &req, start, Some(service), status, body);
+            let stats = Some(route.stats.clone());
+            let mut resp = local(
+                conn,
+                &req,
+                (start, began),
+                Some(service),
+                stats,
+                status,
+                body,
+            );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, route.retry_after.clone());
-            return Ok(resp);
+            return resp;
         };
         let in_flight = InFlight::new(&upstream.in_flight);
         let current = shared.table.load();
@@ -110,13 +181,8 @@ pub(crate) async fn handle(
     let path_and_query = upstream_path(req.uri(), route.is_root(), rest);
 
     let (mut parts, body) = req.into_parts();
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .expect("scheme, authority and path are valid");
-    let original_uri = std::mem::replace(&mut parts.uri, uri);
+    // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
+    let original_uri = std::mem::replace(&mut parts.uri, Uri::from(path_and_query));
     let method = parts.method.clone();
 
     let client_upgrade = if is_upgrade(parts.version, &parts.headers) {
@@ -134,46 +200,64 @@ pub(crate) async fn handle(
     );
     parts.version = Version::HTTP_11;
 
-    let log = AccessLog::enabled().then(|| AccessLog {
+    let file = upstream
+        .access
+        .as_ref()
+        .map(|f| (f.clone(), upstream.version.clone()));
+    let log = (start.is_some() || file.is_some()).then(|| AccessLog {
         method,
         uri: original_uri,
-        status: StatusCode::BAD_GATEWAY,
-        start,
         service: Some(route.service.clone()),
         container: Some(upstream.container.clone()),
         client: conn.peer,
+        trace: start.is_some(),
+        file,
     });
     let mut done = Done {
         in_flight: Some(in_flight),
         log,
         bytes: 0,
+        status: StatusCode::BAD_GATEWAY,
+        began,
+        stats: Some(route.stats.clone()),
     };
 
-    let mut resp = match shared
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-    {
-        Ok(resp) => resp,
+    // Requests without a body (nearly all) are exchanged by this task directly; the rest, and
+    // protocol switches, through hyper's client.
+    let pool = &conn.local.pool;
+    let sent =
+        if client_upgrade.is_none() && body.is_end_stream() && parts.method != Method::CONNECT {
+            pool.send_bodyless(upstream.addr, parts)
+                .await
+                .map(|(head, body)| (head, Kind::Direct(body), None))
+        } else {
+            pool.send(upstream.addr, Request::from_parts(parts, body))
+                .await
+                .map(|(resp, reusable)| {
+                    let (head, body) = resp.into_parts();
+                    (head, Kind::Upstream(body), Some(reusable))
+                })
+        };
+    let (mut head, kind, reusable) = match sent {
+        Ok(sent) => sent,
         Err(err) => {
             tracing::warn!(
                 service = %route.service,
                 container = %upstream.container,
-                error = %ErrorChain(&err),
+                error = %ErrorChain(&*err),
                 "upstream did not answer"
             );
             let body = format!(
                 "starphleet ship {}: service {} did not answer\n",
                 table.table.ship, route.service
             );
-            return Ok(text(StatusCode::BAD_GATEWAY, body.into(), done));
+            return text(StatusCode::BAD_GATEWAY, body.into(), done);
         }
     };
-    done.set_status(resp.status());
+    done.set_status(head.status);
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some((client, upstream_io)) =
-            client_upgrade.zip(resp.extensions_mut().remove::<OnUpgrade>())
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some((client, upstream_io)) = client_upgrade.zip(head.extensions.remove::<OnUpgrade>())
         else {
             // A switch the client did not ask for cannot be relayed.
             tracing::warn!(service = %route.service, "upstream switched protocols unasked");
@@ -181,23 +265,23 @@ pub(crate) async fn handle(
                 "starphleet ship {}: service {} switched protocols unasked\n",
                 table.table.ship, route.service
             );
-            return Ok(text(StatusCode::BAD_GATEWAY, body.into(), done));
+            return text(StatusCode::BAD_GATEWAY, body.into(), done);
         };
         tokio::spawn(splice(client, upstream_io, done, shared.tracker.token()));
-        let (mut parts, _) = resp.into_parts();
-        strip_keeping_upgrade(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        strip_keeping_upgrade(&mut head.headers);
+        return Response::from_parts(head, ProxyBody::empty());
     }
 
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(
+        head,
         ProxyBody {
-            kind: Kind::Upstream(body),
+            kind,
             done: Some(done),
+            reusable,
+            active: None,
         },
-    ))
+    )
 }
 
 /// The upstream's path: the prefix stripped (`/echo/Hi` → `/Hi`, `/echo` → `/`), query kept.
@@ -220,27 +304,33 @@ fn upstream_path(uri: &Uri, root: bool, rest: &str) -> PathAndQuery {
 }
 
 /// A proxy-made text response (health, 404, 502, 503), logged like any other.
+/// A response the proxy makes itself; `(start, began)` are the access-log clock (when someone
+/// listens) and the request's start, `stats` the route it counts against, if any.
 fn local(
     conn: &ConnCtx,
     req: &Request<Incoming>,
-    start: Instant,
+    (start, began): (Option<Instant>, Instant),
     service: Option<Arc<str>>,
+    stats: Option<Arc<RouteStats>>,
     status: StatusCode,
     body: impl Into<Bytes>,
 ) -> Response<ProxyBody> {
-    let log = AccessLog::enabled().then(|| AccessLog {
+    let log = start.map(|_| AccessLog {
         method: req.method().clone(),
         uri: req.uri().clone(),
-        status,
-        start,
         service,
         container: None,
         client: conn.peer,
+        trace: true,
+        file: None,
     });
     let done = Done {
         in_flight: None,
         log,
         bytes: 0,
+        status,
+        began,
+        stats,
     };
     text(status, body.into(), done)
 }
@@ -250,6 +340,8 @@ fn text(status: StatusCode, body: Bytes, mut done: Done) -> Response<ProxyBody> 
     let mut resp = Response::new(ProxyBody {
         kind: Kind::Local(Some(body)),
         done: Some(done),
+        reusable: None,
+        active: None,
     });
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -293,8 +385,30 @@ fn is_standard_hop(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// The hop-by-hop headers every message may carry; `Connection` may name more.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the few names a message has, rather than a hash lookup per hop-by-hop name:
+    // most messages carry none, or only `Connection`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
         // Headers the sender named in `Connection` are hop-by-hop too; rarely any beyond the
         // standard ones, so only then pay for collecting their names.
         if connection_tokens(headers).any(|t| !is_standard_hop(t)) {
@@ -305,17 +419,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 headers.remove(name);
             }
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -406,36 +514,55 @@ impl Drop for InFlight {
     }
 }
 
-/// The end of a request: releases its in-flight count and writes its access log line.
+/// The end of a request: releases its in-flight count, counts it on its route and writes its
+/// access log line.
 pub(crate) struct Done {
     in_flight: Option<InFlight>,
     log: Option<AccessLog>,
     bytes: u64,
+    status: StatusCode,
+    began: Instant,
+    stats: Option<Arc<RouteStats>>,
 }
 
 impl Done {
     fn set_status(&mut self, status: StatusCode) {
-        if let Some(log) = &mut self.log {
-            log.status = status;
-        }
+        self.status = status;
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
         self.in_flight.take();
-        if let Some(log) = &self.log {
+        let elapsed = self.began.elapsed();
+        if let Some(stats) = &self.stats {
+            stats.record(self.status.as_u16(), self.bytes, elapsed);
+        }
+        let Some(log) = &self.log else { return };
+        if log.trace {
             tracing::info!(
                 target: ACCESS,
                 method = %log.method,
                 path = %log.uri,
-                status = log.status.as_u16(),
+                status = self.status.as_u16(),
                 bytes = self.bytes,
-                duration_ms = log.start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
                 service = log.service.as_deref().unwrap_or("-"),
                 container = log.container.as_deref().unwrap_or("-"),
                 client = %log.client,
             );
+        }
+        if let Some((file, version)) = &log.file {
+            file.write_line(&format!(
+                "method={} path={} status={} bytes={} duration_ms={:.3} version={} client={}\n",
+                log.method,
+                log.uri,
+                self.status.as_u16(),
+                self.bytes,
+                elapsed.as_secs_f64() * 1000.0,
+                version,
+                log.client
+            ));
         }
     }
 }
@@ -444,11 +571,13 @@ impl Drop for Done {
 struct AccessLog {
     method: Method,
     uri: Uri,
-    status: StatusCode,
-    start: Instant,
     service: Option<Arc<str>>,
     container: Option<Arc<str>>,
     client: SocketAddr,
+    /// Emit the `starphleet::access` tracing event.
+    trace: bool,
+    /// The upstream container's access log file and its version.
+    file: Option<(Arc<AccessFile>, Arc<str>)>,
 }
 
 impl AccessLog {
@@ -462,9 +591,16 @@ impl AccessLog {
 pub(crate) struct ProxyBody {
     kind: Kind,
     done: Option<Done>,
+    /// The upstream connection, back to its pool once the body has been read to the end.
+    reusable: Option<Reusable>,
+    /// Keeps the request counted in progress on its connection while the body is sent.
+    active: Option<Active>,
 }
 
 enum Kind {
+    /// Read by this task off a direct upstream connection.
+    Direct(DirectBody),
+    /// Relayed from hyper's client connection.
     Upstream(Incoming),
     Local(Option<Bytes>),
 }
@@ -474,21 +610,42 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Local(None),
             done: None,
+            reusable: None,
+            active: None,
         }
+    }
+
+    /// Returns the upstream connection to its pool if the upstream's body is complete.
+    fn release_if_read(&mut self) {
+        if let Kind::Upstream(body) = &self.kind {
+            if body.is_end_stream() {
+                if let Some(conn) = self.reusable.take() {
+                    conn.release();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: hyper closes it.
+        self.release_if_read();
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = upstream::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, upstream::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Direct(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Local(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
@@ -496,8 +653,13 @@ impl Body for ProxyBody {
                 if let (Some(data), Some(done)) = (frame.data_ref(), &mut this.done) {
                     done.bytes += data.len() as u64;
                 }
+                this.release_if_read();
             }
-            Poll::Ready(_) => this.done = None,
+            Poll::Ready(Some(Err(_))) => this.done = None,
+            Poll::Ready(None) => {
+                this.release_if_read();
+                this.done = None;
+            }
             Poll::Pending => {}
         }
         polled
@@ -505,6 +667,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
+            Kind::Direct(body) => body.is_end_stream(),
             Kind::Upstream(body) => body.is_end_stream(),
             Kind::Local(body) => body.is_none(),
         }
@@ -512,6 +675,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
+            Kind::Direct(body) => body.size_hint(),
             Kind::Upstream(body) => body.size_hint(),
             Kind::Local(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
         }

@@ -14,11 +14,15 @@ use serde::{Deserialize, Serialize};
 pub mod control;
 mod daemon;
 mod forward;
+mod h1;
 mod listen;
+mod stats;
 mod table;
+mod upstream;
 
 pub use control::ProxyClient;
 pub use daemon::run;
+pub use stats::{RouteCounters, LATENCY_BOUNDS_S};
 
 /// The whole routing state of the proxy, replaced atomically by each `SetRoutes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,8 @@ pub struct ProxyOptions {
     pub control_socket: PathBuf,
     /// The address public ports are bound on (0.0.0.0 by default).
     pub listen_ip: IpAddr,
+    /// Where each container's access log (`<container>.log`, logfmt) is written; `None` = nowhere.
+    pub access_log_dir: Option<PathBuf>,
 }
 
 impl ProxyOptions {
@@ -68,6 +74,7 @@ impl ProxyOptions {
         ProxyOptions {
             control_socket: control_socket.into(),
             listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            access_log_dir: None,
         }
     }
 }

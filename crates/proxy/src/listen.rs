@@ -7,62 +7,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::forward::{handle, ConnCtx};
 use crate::table::Compiled;
+use crate::upstream::Pool;
 
-/// How long an upstream gets to accept a connection before the client sees 502.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle pooled upstream connections are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// A client must send its request headers within this (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no request for this long is closed, whether it sits idle between requests
+/// or trickles in the headers of one (slowloris). Checked twice per period.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Everything the hot path reads, shared by all connections.
+/// Everything the hot path reads, shared by all connections and worker threads.
 pub(crate) struct Shared {
     /// The route table in force; swapped whole, read without locks.
     pub table: ArcSwap<Compiled>,
-    /// Pooled keep-alive connections to upstreams.
-    pub client: Client<HttpConnector, Incoming>,
     /// Connections and upgraded streams still open, waited for on shutdown.
     pub tracker: Tracker,
-    server: auto::Builder<TokioExecutor>,
+    /// The threads that serve connections.
+    workers: Workers,
     /// Flips to true once, when the proxy starts draining out.
     shutdown: watch::Sender<bool>,
 }
 
 impl Shared {
-    /// State for a proxy with an empty table, its upstream client and server configured.
+    /// State for a proxy with an empty table and its worker threads started.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .http2()
-            .timer(TokioTimer::new());
         Shared {
             table: ArcSwap::from_pointee(Compiled::empty()),
-            client,
             tracker: Tracker::default(),
-            server,
+            workers: Workers::start(),
             shutdown: watch::channel(false).0,
         }
     }
@@ -75,6 +53,168 @@ impl Shared {
     /// Asks every open connection to finish its current requests and close.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Ends the worker threads; connections still open on them are dropped.
+    pub fn stop_workers(&self) {
+        self.workers.stop.send_replace(true);
+    }
+}
+
+/// What one thread needs to serve connections: its own upstream connection pool (so a request
+/// and its upstream connection live on the same thread) and the server settings.
+pub(crate) struct Local {
+    /// Pooled keep-alive connections to upstreams, used only from this thread.
+    pub pool: Arc<Pool>,
+    server: auto::Builder<TokioExecutor>,
+}
+
+impl Local {
+    fn new() -> Self {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        // Heads and small bodies are copied into one buffer and sent with one plain write: on
+        // small responses cheaper than a vectored write of several pieces.
+        server.http1().writev(false);
+        server.http2().timer(TokioTimer::new());
+        Local {
+            pool: Pool::new(),
+            server,
+        }
+    }
+}
+
+/// An accepted connection on its way to a worker.
+struct Job {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+/// One single-threaded runtime per CPU, as nginx runs one worker process per CPU: a connection,
+/// its requests, their upstream connections and every wake-up between them stay on one thread,
+/// with no cross-thread hand-offs on the request path.
+struct Workers {
+    queues: Vec<Worker>,
+    /// Serves connections on the accepting runtime when no worker thread could be started.
+    fallback: Arc<Local>,
+    /// Flips to true once, when the proxy has drained and its workers should end.
+    stop: watch::Sender<bool>,
+}
+
+struct Worker {
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Connections open on this worker, to hand the next one to the least busy.
+    open: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    fn start() -> Self {
+        let stop = watch::channel(false).0;
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let queues = (0..n)
+            .filter_map(|i| match Worker::spawn(i, stop.subscribe()) {
+                Ok(worker) => Some(worker),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot start a proxy worker thread");
+                    None
+                }
+            })
+            .collect();
+        Workers {
+            queues,
+            fallback: Arc::new(Local::new()),
+            stop,
+        }
+    }
+
+    /// Hands an accepted connection to the worker with the fewest open connections.
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, port: u16, shared: &Arc<Shared>) {
+        let Some(worker) = self
+            .queues
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            let local = self.fallback.clone();
+            tokio::spawn(serve(stream, peer, port, shared.clone(), local));
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        let job = Job {
+            stream,
+            peer,
+            port,
+            shared: shared.clone(),
+        };
+        if let Err(mpsc::error::SendError(job)) = worker.jobs.send(job) {
+            // The worker ended (only on shutdown): serve here rather than drop the client.
+            if let Ok(stream) = TcpStream::from_std(job.stream) {
+                let local = self.fallback.clone();
+                tokio::spawn(serve(stream, peer, port, job.shared, local));
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn spawn(index: usize, mut stop: watch::Receiver<bool>) -> std::io::Result<Worker> {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = open.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("proxy-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let local = Arc::new(Local::new());
+                    loop {
+                        tokio::select! {
+                            job = queue.recv() => {
+                                let Some(job) = job else { break };
+                                let stream = match TcpStream::from_std(job.stream) {
+                                    Ok(stream) => stream,
+                                    Err(err) => {
+                                        tracing::debug!(error = %err, "cannot adopt a connection");
+                                        continue;
+                                    }
+                                };
+                                let count = Open::new(count.clone());
+                                let conn = serve(stream, job.peer, job.port, job.shared, local.clone());
+                                tokio::spawn(async move {
+                                    conn.await;
+                                    drop(count);
+                                });
+                            }
+                            _ = stop.wait_for(|stop| *stop) => break,
+                        }
+                    }
+                });
+            })?;
+        Ok(Worker { jobs, open })
+    }
+}
+
+/// Counts one open connection on a worker until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -146,9 +286,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(serve(stream, peer, port, shared.clone()));
-            }
+            Ok((stream, peer)) => shared.workers.dispatch(stream, peer, port, &shared),
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(port, error = %err, "accept failed");
@@ -158,14 +296,21 @@ async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shared>) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    shared: Arc<Shared>,
+    local: Arc<Local>,
+) {
     let _alive = shared.tracker.token();
     // Responses are written whole by hyper; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let mut shutdown = shared.shutdown.subscribe();
-    let ctx = Arc::new(ConnCtx::new(shared.clone(), port, peer));
+    let ctx = Arc::new(ConnCtx::new(shared.clone(), local.clone(), port, peer));
+    let activity = ctx.clone();
     let service = service_fn(move |req| handle(ctx.clone(), req));
-    let conn = shared
+    let conn = local
         .server
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -175,9 +320,37 @@ async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Share
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = idle(&activity) => {
+            tracing::debug!(%peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(err) = result {
         tracing::debug!(%peer, error = %err, "connection ended");
+    }
+}
+
+/// Returns once the connection has gone [`IDLE_TIMEOUT`] without a request in progress or a new
+/// one started: a timer per connection ticking twice a period, rather than one per request.
+async fn idle(conn: &ConnCtx) {
+    let half = IDLE_TIMEOUT / 2;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = conn.activity();
+    let mut idle_ticks = 0;
+    loop {
+        tick.tick().await;
+        let now = conn.activity();
+        if now.started == seen.started && now.active == 0 {
+            idle_ticks += 1;
+            if idle_ticks == 2 {
+                return;
+            }
+        } else {
+            idle_ticks = 0;
+        }
+        seen = now;
     }
 }
 

@@ -1,13 +1,15 @@
 //! The compiled route table the hot path reads, and the counters that outlive any one table.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::header::HeaderValue;
-use hyper::http::uri::Authority;
 
+use crate::stats::{AccessFile, RouteCounters, RouteStats};
 use crate::RouteTable;
+use std::path::PathBuf;
 
 /// A [`RouteTable`] prepared for lookups: routes sorted longest prefix first, header values and
 /// upstream authorities built once, counters attached.
@@ -28,6 +30,8 @@ pub(crate) struct CRoute {
     pub service: Arc<str>,
     /// Requests served for this service, shared by every route of the service.
     pub requests: Arc<AtomicU64>,
+    /// This route's status classes, bytes and latencies, kept across tables.
+    pub stats: Arc<RouteStats>,
     /// Where requests may go; empty means 503.
     pub upstreams: Box<[CUpstream]>,
     /// `Retry-After` of the 503 answered when there are no upstreams.
@@ -38,12 +42,16 @@ pub(crate) struct CRoute {
 
 /// An upstream ready to receive requests.
 pub(crate) struct CUpstream {
-    /// `ip:port`, ready for the upstream request's URI.
-    pub authority: Authority,
+    /// The container's address and private port.
+    pub addr: SocketAddr,
     /// The container's name, for counts and logs.
     pub container: Arc<str>,
     /// Shared with every table naming the same container, so counts survive swaps.
     pub in_flight: Arc<AtomicU64>,
+    /// The version it runs, for the access log.
+    pub version: Arc<str>,
+    /// Its access log, when the proxy writes them.
+    pub access: Option<Arc<AccessFile>>,
 }
 
 impl Compiled {
@@ -102,12 +110,67 @@ impl CRoute {
 pub(crate) struct Counters {
     in_flight: HashMap<String, Arc<AtomicU64>>,
     requests: HashMap<String, Arc<AtomicU64>>,
+    routes: HashMap<(u16, String), Arc<RouteStats>>,
+    access_dir: Option<PathBuf>,
+    access: HashMap<String, Arc<AccessFile>>,
 }
 
 impl Counters {
+    /// A registry that writes access logs under `access_dir`, if given.
+    pub fn new(access_dir: Option<PathBuf>) -> Self {
+        Counters {
+            access_dir,
+            ..Counters::default()
+        }
+    }
+
+    fn access_file(&mut self, container: &str) -> Option<Arc<AccessFile>> {
+        let dir = self.access_dir.as_ref()?;
+        if let Some(f) = self.access.get(container) {
+            return Some(f.clone());
+        }
+        match AccessFile::open(dir, container) {
+            Ok(f) => {
+                let f = Arc::new(f);
+                self.access.insert(container.to_owned(), f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(container, "cannot open access log: {e}");
+                None
+            }
+        }
+    }
+
+    /// Counters of every route in `table`.
+    pub fn routes(&self, table: &RouteTable) -> Vec<RouteCounters> {
+        table
+            .ports
+            .iter()
+            .flat_map(|(&port, routes)| {
+                routes.iter().filter_map(move |r| {
+                    let prefix = normalise(&r.prefix);
+                    self.routes
+                        .get(&(port, prefix.to_string()))
+                        .map(|s| s.snapshot(port, prefix, &r.service))
+                })
+            })
+            .collect()
+    }
+
     /// Checks and compiles a table, attaching this registry's counters.
     pub fn compile(&mut self, table: RouteTable) -> Result<Compiled, String> {
         validate(&table)?;
+        let containers: Vec<String> = table
+            .ports
+            .values()
+            .flatten()
+            .flat_map(|r| r.upstreams.iter().map(|u| u.container.clone()))
+            .collect();
+        let access: HashMap<String, Option<Arc<AccessFile>>> = containers
+            .iter()
+            .map(|c| (c.clone(), self.access_file(c)))
+            .collect();
         let mut ports = Vec::with_capacity(table.ports.len());
         for (&port, routes) in &table.ports {
             let mut compiled: Vec<CRoute> = routes
@@ -118,10 +181,11 @@ impl Counters {
                         .upstreams
                         .iter()
                         .map(|u| CUpstream {
-                            authority: Authority::try_from(u.addr.to_string().as_str())
-                                .expect("a socket address is a valid authority"),
+                            addr: u.addr,
                             container: Arc::from(u.container.as_str()),
                             in_flight: counter(&mut self.in_flight, &u.container),
+                            version: Arc::from(u.version.as_str()),
+                            access: access.get(&u.container).cloned().flatten(),
                         })
                         .collect();
                     CRoute {
@@ -131,6 +195,11 @@ impl Counters {
                         prefix: prefix.into(),
                         service: Arc::from(r.service.as_str()),
                         requests: counter(&mut self.requests, &r.service),
+                        stats: self
+                            .routes
+                            .entry((port, prefix.to_string()))
+                            .or_default()
+                            .clone(),
                         upstreams,
                         retry_after: HeaderValue::from(r.retry_after.unwrap_or(1)),
                         next: AtomicUsize::new(0),
@@ -155,6 +224,8 @@ impl Counters {
         self.in_flight.retain(|name, count| {
             named.contains(name.as_str()) || count.load(Ordering::SeqCst) > 0
         });
+        let live = &self.in_flight;
+        self.access.retain(|name, _| live.contains_key(name));
         self.in_flight
             .iter()
             .map(|(name, count)| (name.clone(), count.load(Ordering::SeqCst)))

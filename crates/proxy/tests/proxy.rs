@@ -458,6 +458,7 @@ async fn a_second_proxy_on_the_same_socket_is_refused() {
     let err = starphleet_proxy::run(ProxyOptions {
         control_socket: proxy.socket.clone(),
         listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        access_log_dir: None,
     })
     .await
     .unwrap_err();
@@ -478,6 +479,7 @@ async fn a_stale_socket_is_replaced() {
     let task = tokio::spawn(starphleet_proxy::run(ProxyOptions {
         control_socket: socket.clone(),
         listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        access_log_dir: None,
     }));
     eventually("the proxy answers", || client.is_running()).await;
     client.shutdown().await.unwrap();
@@ -510,4 +512,68 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .unwrap()
         .unwrap();
     assert!(!client.is_running().await);
+}
+
+#[tokio::test]
+async fn counts_each_route_by_status_class_and_writes_each_containers_access_log() {
+    let echo = Backend::start("echo").await;
+    let proxy = Proxy::start().await;
+    let port = free_port();
+    proxy
+        .set(&table([(
+            port,
+            vec![
+                route("/echo", "echo", &[&echo]),
+                route("/none", "none", &[]),
+            ],
+        )]))
+        .await;
+    for _ in 0..7 {
+        assert_eq!(get(port, "/echo/Hi").await.status, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get(port, "/none/x").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    assert_eq!(get(port, "/nowhere").await.status, StatusCode::NOT_FOUND);
+
+    eventually("every request is counted", || async {
+        let routes = proxy.client.status().await.unwrap().routes;
+        routes.iter().map(|r| r.requests()).sum::<u64>() == 9
+    })
+    .await;
+    let routes = proxy.client.status().await.unwrap().routes;
+    let echo_route = routes.iter().find(|r| r.prefix == "/echo").unwrap();
+    assert_eq!(echo_route.requests_by_class, [0, 7, 0, 0, 0]);
+    assert_eq!(echo_route.service, "echo");
+    assert_eq!(echo_route.port, port);
+    assert!(echo_route.response_bytes > 0);
+    assert_eq!(echo_route.latency_counts.iter().sum::<u64>(), 7);
+    assert!(echo_route.latency_quantile(0.5).is_some());
+    let none_route = routes.iter().find(|r| r.prefix == "/none").unwrap();
+    assert_eq!(none_route.requests_by_class, [0, 0, 0, 0, 2]);
+
+    let log = std::fs::read_to_string(
+        proxy
+            ._dir
+            .path()
+            .join("access")
+            .join(format!("{}.log", echo.container())),
+    )
+    .unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 7, "{log}");
+    assert!(
+        lines[0].starts_with("method=GET path=/echo/Hi status=200 bytes="),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(" version=v1 client=127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    proxy.stop().await;
 }

@@ -303,7 +303,16 @@ pub async fn live_status(ship: &Ship) -> Status {
                 .sum();
             for r in &mut svc.routes {
                 r.in_flight = in_flight;
-                r.requests = p.requests.get(&svc.name).copied().unwrap_or(0);
+                if let Some(c) = p
+                    .routes
+                    .iter()
+                    .find(|c| c.port == r.port && c.prefix == r.prefix)
+                {
+                    r.requests = c.requests();
+                    r.requests_by_class = c.requests_by_class;
+                    r.latency_ms_p50 = c.latency_quantile(0.5).map(|s| s * 1000.0);
+                    r.latency_ms_p99 = c.latency_quantile(0.99).map(|s| s * 1000.0);
+                }
             }
         }
     }
@@ -354,9 +363,47 @@ pub async fn metrics(ship: &Ship) -> String {
             ));
         }
     }
+    let routes = match ship.proxy.status().await {
+        Ok(p) => p
+            .routes
+            .iter()
+            .map(|c| {
+                let in_flight = p
+                    .table
+                    .ports
+                    .get(&c.port)
+                    .and_then(|rs| rs.iter().find(|r| r.prefix == c.prefix))
+                    .map(|r| {
+                        r.upstreams
+                            .iter()
+                            .map(|u| p.in_flight.get(&u.container).copied().unwrap_or(0))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                (
+                    metrics::RouteLabels {
+                        ship: ship.opts.name.clone(),
+                        service: c.service.clone(),
+                        route: format!(":{}{}", c.port, c.prefix),
+                    },
+                    metrics::RouteSample {
+                        requests_by_class: c.requests_by_class,
+                        in_flight,
+                        response_bytes: c.response_bytes,
+                        latency: metrics::LatencyHistogram {
+                            bounds_s: starphleet_proxy::LATENCY_BOUNDS_S.to_vec(),
+                            counts: c.latency_counts.clone(),
+                            sum_s: c.latency_sum_s,
+                        },
+                    },
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     metrics::render(Scrape {
         containers,
-        routes: Vec::new(),
+        routes,
         logs: Some((ship.opts.name.clone(), ship.observer.store.stats())),
     })
 }

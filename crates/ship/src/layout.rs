@@ -48,6 +48,10 @@ impl Layout {
     pub fn log_store(&self) -> PathBuf {
         self.root.join("logstore")
     }
+    /// The proxy's access logs, one file per container.
+    pub fn access_logs(&self) -> PathBuf {
+        self.logs().join("access")
+    }
     /// Logs of one service.
     pub fn service_logs(&self, service: &str) -> PathBuf {
         self.logs().join(service)

@@ -1,7 +1,7 @@
 //! What the ship records: every container's output, builds, health failures and its own
 //! deploy events, in the log store; per-container samples for status and `/metrics`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ pub(crate) struct Observer {
     collector: Arc<Collector>,
     _thread: CollectorThread,
     ship: String,
+    access_dir: PathBuf,
 }
 
 /// The version label of records and metrics: app commit + order revision.
@@ -45,6 +46,7 @@ impl Observer {
             collector,
             _thread: thread,
             ship: ship.to_string(),
+            access_dir: layout.access_logs(),
         })
     }
 
@@ -80,13 +82,30 @@ impl Observer {
         }
     }
 
-    /// Starts collecting a container's stdout and stderr (again, after a restart: no line lost or doubled).
+    /// The proxy's access log of a container.
+    fn access_log(&self, c: &ContainerRecord) -> PathBuf {
+        self.access_dir.join(format!("{}.log", c.id))
+    }
+
+    /// Starts collecting a container's stdout, stderr and access log (again, after a restart:
+    /// no line lost or doubled).
     pub fn watch_container(&self, service: &str, version: &str, c: &ContainerRecord) {
-        for (path, stream) in [(&c.stdout, "stdout"), (&c.stderr, "stderr")] {
-            if self.collector.sources().iter().any(|s| s == path) {
+        let access = self.access_log(c);
+        let _ = std::fs::create_dir_all(&self.access_dir);
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&access);
+        let sources = self.collector.sources();
+        for (path, kind, stream) in [
+            (&c.stdout, Kind::App, "stdout"),
+            (&c.stderr, Kind::App, "stderr"),
+            (&access, Kind::Access, "access"),
+        ] {
+            if sources.iter().any(|s| s == path) {
                 continue;
             }
-            let meta = self.meta(service, version, &c.id, Kind::App, stream);
+            let meta = self.meta(service, version, &c.id, kind, stream);
             if let Err(e) = self.collector.add(path.clone(), meta) {
                 warn!(file = %path.display(), "cannot collect container output: {e:#}");
             }
@@ -95,7 +114,7 @@ impl Observer {
 
     /// Collects the rest of a stopped container's output, then removes its files.
     pub fn unwatch_container(&self, c: &ContainerRecord) {
-        for path in [&c.stdout, &c.stderr] {
+        for path in [&c.stdout, &c.stderr, &self.access_log(c)] {
             match self.collector.remove(path) {
                 Ok(_) => {
                     let _ = std::fs::remove_file(path);

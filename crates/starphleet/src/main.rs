@@ -158,9 +158,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is not a duration; use e.g. 500ms, 2s, 5m or 1h"))
 }
 
-fn init_tracing() {
+/// Logs to stderr at `default` unless `STARPHLEET_LOG` says otherwise.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STARPHLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -218,7 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             poll_interval,
             name,
         } => {
-            init_tracing();
+            init_tracing("info");
             let layout = Layout::new(&state_dir);
             let headquarters = match headquarters {
                 Some(url) => {
@@ -323,7 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { state_dir, port } => {
-            init_tracing();
+            init_tracing("info");
             let hq = demo::prepare(&state_dir, port)?;
             println!("demo headquarters: {hq}");
             let url = if port == 80 {
@@ -346,10 +347,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Init { .. } => unreachable!("handled before argument parsing"),
         Command::Proxy { state_dir } => {
-            init_tracing();
+            // Access lines go to per-container files the ship collects, not to proxy.log.
+            init_tracing("info,starphleet::access=off");
+            let layout = Layout::new(&state_dir);
             let opts = starphleet_proxy::ProxyOptions {
-                control_socket: Layout::new(&state_dir).proxy_socket(),
+                control_socket: layout.proxy_socket(),
                 listen_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                access_log_dir: Some(layout.access_logs()),
             };
             runtime()?.block_on(starphleet_proxy::run(opts))?;
             Ok(ExitCode::SUCCESS)

@@ -428,3 +428,77 @@ fn logs_are_forwarded_to_the_syslog_server_named_in_settings() {
         st["forwarders"]
     );
 }
+
+/// The value of `starphleet_http_requests_total` for the ticker's 2xx answers.
+fn ticker_2xx(ship: &TestShip) -> u64 {
+    let (_, text) = ship.get(9797, "/metrics").unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("starphleet_http_requests_total{")
+                && l.contains("service=\"ticker\"")
+                && l.contains("code_class=\"2xx\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn access_log_and_request_counters_match_the_requests_sent_exactly() {
+    let (ship, app) = ticker_ship("", "");
+    let before = ticker_2xx(&ship);
+    for i in 0..25 {
+        assert_eq!(
+            ship.get(80, &format!("/ticker/counted-{i}")).unwrap().0,
+            200
+        );
+    }
+    assert_eq!(
+        ticker_2xx(&ship),
+        before + 25,
+        "request counters match exactly"
+    );
+
+    let commit = git(&app.dir, &["rev-parse", "HEAD"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let records = logs(
+            &ship,
+            &[
+                "ticker",
+                "--kind",
+                "access",
+                "--grep",
+                "path=/ticker/counted-",
+            ],
+        );
+        if records.len() >= 25 || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(records.len(), 25, "one access record per request");
+    for r in &records {
+        let line = r["line"].as_str().unwrap();
+        assert!(
+            line.starts_with("method=GET path=/ticker/counted-"),
+            "{line}"
+        );
+        assert!(
+            line.contains(" status=200 ") && line.contains(" duration_ms="),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(" version={}", &commit[..12])),
+            "{line}"
+        );
+        assert!(line.contains(" client=127.0.0.1:"), "{line}");
+        assert!(r["version"].as_str().unwrap().starts_with(&commit[..12]));
+    }
+    let st = ship.status_json();
+    let route = &st["services"][0]["routes"][0];
+    assert!(
+        route["requests_by_class"][1].as_u64().unwrap() >= 25,
+        "{route}"
+    );
+    assert!(route["latency_ms_p50"].as_f64().is_some(), "{route}");
+}

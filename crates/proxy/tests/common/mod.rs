@@ -169,7 +169,7 @@ pub struct Proxy {
     pub client: ProxyClient,
     pub socket: std::path::PathBuf,
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -179,6 +179,7 @@ impl Proxy {
         let opts = ProxyOptions {
             control_socket: socket.clone(),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            access_log_dir: Some(dir.path().join("access")),
         };
         let task = tokio::spawn(starphleet_proxy::run(opts));
         let client = ProxyClient::new(&socket);
