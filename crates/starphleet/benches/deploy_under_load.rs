@@ -21,45 +21,8 @@ use common::*;
 const HTTP_CLIENTS: usize = 4;
 const WS_CLIENTS: usize = 2;
 
-const APP: &str = r#"import base64, hashlib, os, struct
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-V = os.environ["VERSION"]
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a):
-        pass
-    def do_GET(self):
-        if self.path == "/ws":
-            key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-            self.send_response(101)
-            self.send_header("Upgrade", "websocket")
-            self.send_header("Connection", "Upgrade")
-            self.send_header("Sec-WebSocket-Accept", base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
-            self.end_headers()
-            self.wfile.flush()
-            self.close_connection = True
-            while True:
-                head = self.rfile.read(2)
-                if len(head) < 2:
-                    return
-                op, n = head[0] & 15, head[1] & 127
-                mask = self.rfile.read(4) if head[1] & 128 else b"\0\0\0\0"
-                data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
-                if op == 8:
-                    self.wfile.write(b"\x88\x00")
-                    self.wfile.flush()
-                    return
-                out = (V + ":" + data.decode()).encode()
-                self.wfile.write(bytes([129, len(out)]) + out)
-                self.wfile.flush()
-        body = V.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
+/// The versioned app of the end-to-end tests: `GET /` → `vN:`, `GET /ws` echoes `vN:<text>`.
+const APP: &str = include_str!("../tests/apps/versioned.py");
 
 fn commit(repo: &Repo, n: usize) {
     repo.write("server.py", APP).write(
@@ -82,7 +45,8 @@ struct Tally {
 
 impl Tally {
     fn saw(&self, body: &str) {
-        if let Some(n) = body.trim().strip_prefix('v').and_then(|n| n.parse().ok()) {
+        let version = body.trim().split(':').next().unwrap_or("");
+        if let Some(n) = version.strip_prefix('v').and_then(|n| n.parse().ok()) {
             let mut v = self.versions.lock().unwrap();
             if v.last() != Some(&n) {
                 v.push(n);
@@ -189,7 +153,7 @@ fn main() {
         )
         .commit("app");
     ship.start();
-    ship.wait_for_body(80, "/app/", "v1", Duration::from_secs(60));
+    ship.wait_for_body(80, "/app/", "v1:", Duration::from_secs(60));
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -214,7 +178,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(300));
         let pushed = Instant::now();
         commit(&app, n);
-        ship.wait_for_body(80, "/app/", &format!("v{n}"), Duration::from_secs(60));
+        ship.wait_for_body(80, "/app/", &format!("v{n}:"), Duration::from_secs(60));
         latencies.push(pushed.elapsed().as_millis());
         eprintln!(
             "deploy {}/{deploys}: v{n} serving after {} ms",

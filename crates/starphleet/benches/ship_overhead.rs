@@ -14,25 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const APP: &str = r#"import os, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-def tick():
-    n = 0
-    while True:
-        n += 1
-        print("tick %d" % n, flush=True)
-        time.sleep(0.005)
-threading.Thread(target=tick, daemon=True).start()
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"#;
+/// The ticker app of the end-to-end tests; with `TICK=1` it prints a line every 5 ms.
+const APP: &str = include_str!("../tests/apps/ticker.py");
 
 /// (user + system CPU seconds, resident bytes) of a process.
 fn usage(pid: u32) -> (f64, u64) {
@@ -64,8 +47,10 @@ fn main() {
     let seconds = *args.get(1).unwrap_or(&20);
     let mut ship = TestShip::new();
     let app = Repo::new(ship.path("app"));
-    app.write("server.py", APP)
-        .write("Starphleet", "start /usr/bin/python3 server.py\n");
+    app.write("server.py", APP).write(
+        "Starphleet",
+        "start /usr/bin/python3 server.py\nexport TICK=1\n",
+    );
     app.commit("ticker");
     for i in 0..services {
         ship.hq.write(
@@ -77,7 +62,7 @@ fn main() {
     let t = Instant::now();
     ship.start();
     for i in 0..services {
-        ship.wait_for_body(80, &format!("/s{i:02}/"), "ok", Duration::from_secs(120));
+        ship.wait_for_body(80, &format!("/s{i:02}/"), "/", Duration::from_secs(120));
     }
     eprintln!("{services} services serving after {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(2));

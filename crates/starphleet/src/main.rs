@@ -271,17 +271,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ("kind", kind.as_deref()),
                 ("limit", limit.as_deref()),
             ];
-            // Validate here too, so a typo is reported even when the ship is down.
-            starphleet_ship::logs::parse_query(
-                params[0].1,
-                params[1].1,
-                params[2].1,
-                params[3].1,
-                params[4].1,
-                params[5].1,
-            )
-            .map_err(anyhow::Error::msg)?;
-            logs(&state_dir, &params, follow, json)
+            // Parsed here too, so a typo is reported even when the ship is down.
+            let [service, since, until, grep, kind, limit] = params.map(|(_, v)| v);
+            let query =
+                starphleet_ship::logs::parse_query(service, since, until, grep, kind, limit)
+                    .map_err(anyhow::Error::msg)?;
+            logs(&state_dir, &params, &query, follow, json)
         }
         Command::Redeploy { service, state_dir } => {
             let socket = Layout::new(&state_dir).admin_socket();
@@ -425,9 +420,11 @@ fn print_record(line: &str, json: bool) {
     }
 }
 
+/// Prints the records `params` ask for: from the running ship, else straight from its store.
 fn logs(
     state_dir: &Path,
     params: &[(&str, Option<&str>)],
+    query_parsed: &starphleet_telemetry::Query,
     follow: bool,
     json: bool,
 ) -> Result<ExitCode> {
@@ -454,18 +451,9 @@ fn logs(
         Err(_) => {}
     }
     // The ship is down: read its store directly.
-    let q = starphleet_ship::logs::parse_query(
-        params[0].1,
-        params[1].1,
-        params[2].1,
-        params[3].1,
-        params[4].1,
-        params[5].1,
-    )
-    .map_err(anyhow::Error::msg)?;
     let store = starphleet_telemetry::LogStore::open(&layout.log_store(), Default::default())
         .with_context(|| format!("reading logs in {}", layout.log_store().display()))?;
-    for r in store.query(&q)? {
+    for r in store.query(query_parsed)? {
         print_record(&serde_json::to_string(&r)?, json);
     }
     Ok(ExitCode::SUCCESS)

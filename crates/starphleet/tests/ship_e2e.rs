@@ -279,9 +279,19 @@ fn down_leaves_nothing_behind() {
     );
     assert!(!std::path::Path::new(&format!("/run/starphleet/{id}")).exists());
     assert!(ship.get(80, "/a/x").is_err(), "proxy stopped");
-    // State and logs are kept.
+    // State and logs are kept, and readable without a ship.
     assert!(ship.state.join("state.json").exists());
     assert!(ship.state.join("logs").is_dir());
+    let logs = ship.cli(&["logs", "a", "--kind", "ship"]);
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("serving"),
+        "deploy events readable after down"
+    );
     // The ship comes back from the kept state.
     ship.start();
     ship.wait_for_body(80, "/a/x", "x", DEPLOY);
