@@ -524,6 +524,32 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
         if s.restarts > 0 {
             println!("{:<20} restarts: {}", "", s.restarts);
         }
+        for c in &s.containers {
+            println!(
+                "{:<20} container {} {} cpu {:.2}s mem {} MiB net rx {} KiB tx {} KiB",
+                "",
+                c.id,
+                c.ip,
+                c.cpu_seconds.unwrap_or(0.0),
+                c.memory_bytes.unwrap_or(0) >> 20,
+                c.net_rx_bytes.unwrap_or(0) >> 10,
+                c.net_tx_bytes.unwrap_or(0) >> 10,
+            );
+        }
+        for r in &s.routes {
+            let ms = |v: Option<f64>| v.map(|v| format!("{v}ms")).unwrap_or_else(|| "-".into());
+            let [c1, c2, c3, c4, c5] = r.requests_by_class;
+            println!(
+                "{:<20} route :{}{} {} requests (1xx {c1} 2xx {c2} 3xx {c3} 4xx {c4} 5xx {c5}), {} in flight, p50 {} p99 {}",
+                "",
+                r.port,
+                r.prefix,
+                r.requests,
+                r.in_flight,
+                ms(r.latency_ms_p50),
+                ms(r.latency_ms_p99)
+            );
+        }
         for d in s.deploys.iter().rev().take(DEPLOYS_SHOWN) {
             let steps: Vec<String> = d
                 .steps
