@@ -19,6 +19,8 @@ use crate::{ProxyClient, ProxyOptions};
 
 /// How long shutdown waits for in-flight requests and open upgraded connections.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// Access-log lines wait at most about this long in memory (see `stats::AccessFile`).
+const ACCESS_FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs the data plane until a `Shutdown` request or SIGTERM, then stops accepting, lets
 /// in-flight requests finish (up to 30 s) and returns.
@@ -37,6 +39,7 @@ pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
     });
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "proxy started");
 
+    let flusher = tokio::spawn(flush_access_logs(Arc::downgrade(&daemon)));
     tokio::select! {
         () = serve_control(&control, &daemon) => {}
         () = daemon.stop.notified() => tracing::info!("shutdown requested"),
@@ -46,7 +49,21 @@ pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
     drop(control);
     let _ = std::fs::remove_file(&socket);
     daemon.drain().await;
+    flusher.abort();
+    daemon.state().counters.flush_access_logs();
     Ok(())
+}
+
+async fn flush_access_logs(daemon: std::sync::Weak<Daemon>) {
+    let mut every = tokio::time::interval(ACCESS_FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        daemon.state().counters.flush_access_logs();
+    }
 }
 
 struct Daemon {
@@ -66,8 +83,12 @@ struct State {
 }
 
 impl Daemon {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn apply(&self, request: Request) -> Response {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state();
         let state = &mut *state;
         match request {
             Request::SetRoutes(_) if state.stopping => {

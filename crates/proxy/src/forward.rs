@@ -41,8 +41,8 @@ pub(crate) struct ConnCtx {
     local: Arc<Local>,
     /// The public port the connection came in on, which selects its routes.
     pub port: u16,
-    /// The client's address, for the access log.
-    pub peer: SocketAddr,
+    /// The client's address, formatted once per connection for the access log.
+    client: Arc<str>,
     /// The client IP, formatted once per connection for `X-Forwarded-For`.
     client_ip: HeaderValue,
     /// Requests started on this connection (high 32 bits) and still in progress (low 32 bits),
@@ -67,7 +67,7 @@ impl ConnCtx {
             shared,
             local,
             port,
-            peer: SocketAddr::new(ip, peer.port()),
+            client: SocketAddr::new(ip, peer.port()).to_string().into(),
             client_ip: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
             activity: AtomicU64::new(0),
         }
@@ -178,38 +178,21 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         table = arc_swap::Guard::into_inner(current);
     };
     route.requests.fetch_add(1, Ordering::Relaxed);
-    let path_and_query = upstream_path(req.uri(), route.is_root(), rest);
+    // Where the path left after the prefix starts, to find it again once `req` is taken apart.
+    let rest_at = req.uri().path().len() - rest.len();
 
     let (mut parts, body) = req.into_parts();
-    // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
-    let original_uri = std::mem::replace(&mut parts.uri, Uri::from(path_and_query));
     let method = parts.method.clone();
-
-    let client_upgrade = if is_upgrade(parts.version, &parts.headers) {
-        strip_keeping_upgrade(&mut parts.headers);
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        strip_hop_by_hop(&mut parts.headers);
-        None
-    };
-    set_forwarded(
-        &mut parts.headers,
-        &original_uri,
-        &conn.client_ip,
-        route.forwarded_prefix.as_ref(),
-    );
-    parts.version = Version::HTTP_11;
-
     let file = upstream
         .access
         .as_ref()
         .map(|f| (f.clone(), upstream.version.clone()));
     let log = (start.is_some() || file.is_some()).then(|| AccessLog {
-        method,
-        uri: original_uri,
+        method: method.clone(),
+        uri: uri_text(&parts.uri),
         service: Some(route.service.clone()),
         container: Some(upstream.container.clone()),
-        client: conn.peer,
+        client: conn.client.clone(),
         trace: start.is_some(),
         file,
     });
@@ -222,22 +205,61 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         stats: Some(route.stats.clone()),
     };
 
-    // Requests without a body (nearly all) are exchanged by this task directly; the rest, and
-    // protocol switches, through hyper's client.
-    let pool = &conn.local.pool;
-    let sent =
-        if client_upgrade.is_none() && body.is_end_stream() && parts.method != Method::CONNECT {
-            pool.send_bodyless(upstream.addr, parts)
-                .await
-                .map(|(head, body)| (head, Kind::Direct(body), None))
-        } else {
-            pool.send(upstream.addr, Request::from_parts(parts, body))
-                .await
-                .map(|(resp, reusable)| {
-                    let (head, body) = resp.into_parts();
-                    (head, Kind::Upstream(body), Some(reusable))
-                })
+    let upgrade = is_upgrade(parts.version, &parts.headers);
+    let mut client_upgrade = None;
+    let sent = if !upgrade && body.is_end_stream() && method != Method::CONNECT {
+        // Requests without a body (nearly all): the head is written straight into the upstream
+        // connection's buffer, and the exchange is done by this task.
+        let path = &parts.uri.path()[if route.is_root() { 0 } else { rest_at }..];
+        let target = (if path.is_empty() { "/" } else { path }, parts.uri.query());
+        let forwarding = Forwarding {
+            client_ip: &conn.client_ip,
+            prefix: route.forwarded_prefix.as_ref(),
         };
+        match conn.local.pool.checkout(upstream.addr).await {
+            Ok(mut checkout) => {
+                write_forwarded_head(checkout.head(), &method, target, &parts, &forwarding);
+                // The request's headers share the client connection's read buffer: let them go
+                // before waiting, so hyper reuses that buffer in place; the emptied map holds
+                // the response's headers.
+                let mut spare = std::mem::take(&mut parts.headers);
+                spare.clear();
+                drop((parts, body));
+                checkout
+                    .exchange(&method, spare)
+                    .await
+                    .map(|(head, body)| (head, Kind::Direct(body), None))
+            }
+            Err(err) => Err(err),
+        }
+    } else {
+        // Requests with a body, and protocol switches, go through hyper's client.
+        let path_and_query =
+            upstream_path(&parts.uri, route.is_root(), &parts.uri.path()[rest_at..]);
+        // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
+        let original_uri = std::mem::replace(&mut parts.uri, Uri::from(path_and_query));
+        if upgrade {
+            strip_keeping_upgrade(&mut parts.headers);
+            client_upgrade = parts.extensions.remove::<OnUpgrade>();
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        set_forwarded(
+            &mut parts.headers,
+            &original_uri,
+            &conn.client_ip,
+            route.forwarded_prefix.as_ref(),
+        );
+        parts.version = Version::HTTP_11;
+        conn.local
+            .pool
+            .send(upstream.addr, Request::from_parts(parts, body))
+            .await
+            .map(|(resp, reusable)| {
+                let (head, body) = resp.into_parts();
+                (head, Kind::Upstream(body), Some(reusable))
+            })
+    };
     let (mut head, kind, reusable) = match sent {
         Ok(sent) => sent,
         Err(err) => {
@@ -284,6 +306,14 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
     )
 }
 
+/// The request target as the client sent it, for the access log.
+fn uri_text(uri: &Uri) -> Box<str> {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => pq.as_str().into(),
+        _ => uri.to_string().into(),
+    }
+}
+
 /// The upstream's path: the prefix stripped (`/echo/Hi` → `/Hi`, `/echo` → `/`), query kept.
 fn upstream_path(uri: &Uri, root: bool, rest: &str) -> PathAndQuery {
     if root {
@@ -317,10 +347,10 @@ fn local(
 ) -> Response<ProxyBody> {
     let log = start.map(|_| AccessLog {
         method: req.method().clone(),
-        uri: req.uri().clone(),
+        uri: uri_text(req.uri()),
         service,
         container: None,
-        client: conn.peer,
+        client: conn.client.clone(),
         trace: true,
         file: None,
     });
@@ -482,6 +512,102 @@ fn set_forwarded(
     };
 }
 
+/// What a forwarded request gains on its way (see [`set_forwarded`]).
+struct Forwarding<'a> {
+    /// Appended to `X-Forwarded-For`.
+    client_ip: &'a HeaderValue,
+    /// `X-Forwarded-Prefix`, if the route strips one.
+    prefix: Option<&'a HeaderValue>,
+}
+
+/// Names a direct request head never copies from the client: hop-by-hop headers and the
+/// `X-Forwarded-*` ones the proxy sets itself. All start with one of `c k p t u x`.
+fn is_replaced(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str().as_bytes()[0],
+        b'c' | b'k' | b'p' | b't' | b'u' | b'x'
+    ) && (HOP_BY_HOP.contains(name)
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_PREFIX)
+}
+
+/// Writes the head of a request without a body for its upstream: origin-form `target`
+/// (path, query), then what [`strip_hop_by_hop`] and [`set_forwarded`] would make of the
+/// client's headers, in one pass over them and without changing the map.
+fn write_forwarded_head(
+    dst: &mut Vec<u8>,
+    method: &Method,
+    target: (&str, Option<&str>),
+    parts: &hyper::http::request::Parts,
+    forwarding: &Forwarding<'_>,
+) {
+    let headers = &parts.headers;
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.0.as_bytes());
+    if let Some(query) = target.1 {
+        dst.push(b'?');
+        dst.extend_from_slice(query.as_bytes());
+    }
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    let line = |dst: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        dst.extend_from_slice(name);
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value);
+        dst.extend_from_slice(b"\r\n");
+    };
+
+    // Headers the client named in `Connection` are hop-by-hop too; rarely any but standard ones.
+    let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION)
+        && connection_tokens(headers).any(|t| !is_standard_hop(t))
+    {
+        connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut host = None;
+    for (name, value) in headers {
+        if is_replaced(name) || named.contains(name) {
+            continue;
+        }
+        if *name == header::HOST && host.is_none() {
+            host = Some(value.as_bytes());
+        }
+        line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // HTTP/2 carries the host in the URI; HTTP/1.1 upstreams need it as a header.
+    if host.is_none() && !named.contains(&header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            host = Some(authority.as_str().as_bytes());
+            line(dst, b"host", authority.as_str().as_bytes());
+        }
+    }
+    if let Some(host) = host {
+        line(dst, X_FORWARDED_HOST.as_str().as_bytes(), host);
+    }
+    dst.extend_from_slice(b"x-forwarded-for: ");
+    if !named.contains(&X_FORWARDED_FOR) {
+        for earlier in headers.get_all(X_FORWARDED_FOR) {
+            dst.extend_from_slice(earlier.as_bytes());
+            dst.extend_from_slice(b", ");
+        }
+    }
+    dst.extend_from_slice(forwarding.client_ip.as_bytes());
+    dst.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(prefix) = forwarding.prefix {
+        line(
+            dst,
+            X_FORWARDED_PREFIX.as_str().as_bytes(),
+            prefix.as_bytes(),
+        );
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
 /// Joins the client's and the upstream's upgraded connections until either side closes; the
 /// upstream stays counted in flight (and the proxy waits for it on shutdown) until then.
 async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut done: Done, _alive: TrackToken) {
@@ -533,7 +659,9 @@ impl Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.in_flight.take();
+        // The in-flight count drops last, after the access-log line is out: a control plane that
+        // sees a container's count at 0 finds its access log complete.
+        let in_flight = self.in_flight.take();
         let elapsed = self.began.elapsed();
         if let Some(stats) = &self.stats {
             stats.record(self.status.as_u16(), self.bytes, elapsed);
@@ -549,31 +677,51 @@ impl Drop for Done {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 service = log.service.as_deref().unwrap_or("-"),
                 container = log.container.as_deref().unwrap_or("-"),
-                client = %log.client,
+                client = &*log.client,
             );
         }
         if let Some((file, version)) = &log.file {
-            file.write_line(&format!(
-                "method={} path={} status={} bytes={} duration_ms={:.3} version={} client={}\n",
-                log.method,
-                log.uri,
-                self.status.as_u16(),
-                self.bytes,
-                elapsed.as_secs_f64() * 1000.0,
-                version,
-                log.client
-            ));
+            let last = in_flight
+                .as_ref()
+                .is_none_or(|f| f.0.load(Ordering::SeqCst) == 1);
+            file.write_line(
+                format_args!(
+                    "method={} path={} status={} bytes={} duration_ms={} version={} client={}\n",
+                    log.method,
+                    log.uri,
+                    self.status.as_u16(),
+                    self.bytes,
+                    Millis(elapsed),
+                    version,
+                    log.client
+                ),
+                last,
+            );
         }
+        drop(in_flight);
+    }
+}
+
+/// A duration in milliseconds with three decimals, formatted from integers (cheaper than
+/// formatting a float, on every request).
+struct Millis(std::time::Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
     }
 }
 
 /// What the access log says about a request, gathered only when someone listens.
 struct AccessLog {
     method: Method,
-    uri: Uri,
+    /// A copy: the request's own URI shares the client connection's read buffer, which hyper
+    /// can then only reuse once this request is over.
+    uri: Box<str>,
     service: Option<Arc<str>>,
     container: Option<Arc<str>>,
-    client: SocketAddr,
+    client: Arc<str>,
     /// Emit the `starphleet::access` tracing event.
     trace: bool,
     /// The upstream container's access log file and its version.
@@ -694,5 +842,133 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = s.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_have_three_decimals() {
+        let ms = |us| Millis(std::time::Duration::from_micros(us)).to_string();
+        assert_eq!(ms(1170), "1.170");
+        assert_eq!(ms(5), "0.005");
+        assert_eq!(ms(2_000_000), "2000.000");
+    }
+
+    /// The header lines of a head, sorted.
+    fn lines(head: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(head).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        let mut lines: Vec<String> = text
+            .trim_end()
+            .split("\r\n")
+            .skip(1)
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_direct_head_carries_what_set_forwarded_would() {
+        let ip = HeaderValue::from_static("192.0.2.7");
+        let prefix = HeaderValue::from_static("/echo");
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a HeaderValue>);
+        let cases: Vec<Case<'_>> = vec![
+            ("/echo/hi", vec![("host", "example.test")], Some(&prefix)),
+            (
+                "/echo/hi?x=1",
+                vec![
+                    ("host", "example.test:8080"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-forwarded-for", "198.51.100.2"),
+                    ("connection", "keep-alive, x-secret"),
+                    ("x-secret", "hop"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-forwarded-prefix", "/fake"),
+                    ("x-forwarded-host", "fake"),
+                    ("x-forwarded-proto", "https"),
+                    ("te", "trailers"),
+                    ("accept", "*/*"),
+                    ("cookie", "a=1"),
+                    ("cookie", "b=2"),
+                ],
+                None,
+            ),
+            (
+                "http://h2.test:8443/echo/x",
+                vec![("accept", "*/*")],
+                Some(&prefix),
+            ),
+            (
+                "/x",
+                vec![
+                    ("connection", "host, x-forwarded-for"),
+                    ("host", "h"),
+                    ("x-forwarded-for", "1.2.3.4"),
+                ],
+                None,
+            ),
+        ];
+        for (uri, headers, prefix) in cases {
+            let mut req = Request::get(uri);
+            for (name, value) in &headers {
+                req = req.header(*name, *value);
+            }
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+
+            let mut expected = parts.headers.clone();
+            strip_hop_by_hop(&mut expected);
+            set_forwarded(&mut expected, &parts.uri, &ip, prefix);
+            let mut old = Vec::new();
+            for (name, value) in &expected {
+                old.extend_from_slice(format!("{name}: ").as_bytes());
+                old.extend_from_slice(value.as_bytes());
+                old.extend_from_slice(b"\r\n");
+            }
+
+            let mut new = Vec::new();
+            let forwarding = Forwarding {
+                client_ip: &ip,
+                prefix,
+            };
+            write_forwarded_head(
+                &mut new,
+                &Method::GET,
+                ("/t", Some("q=1")),
+                &parts,
+                &forwarding,
+            );
+            assert!(new.starts_with(b"GET /t?q=1 HTTP/1.1\r\n"));
+            let mut old_head = b"GET /t?q=1 HTTP/1.1\r\n".to_vec();
+            old_head.extend_from_slice(&old);
+            old_head.extend_from_slice(b"\r\n");
+            assert_eq!(lines(&new), lines(&old_head), "{uri} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_headers_and_those_connection_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("h"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), [header::HOST]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("h"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

@@ -1,6 +1,6 @@
-//! Just enough HTTP/1.1 to forward a request without a body and read its response: the request
-//! head, the response head (parsed by `httparse`, hyper's own parser) and the response body's
-//! framing (RFC 9112 §6). Pure functions over buffers; the socket side is in `upstream`.
+//! Just enough HTTP/1.1 to read the response to a request forwarded without a body: the response
+//! head (parsed by `httparse`, hyper's own parser) and the body's framing (RFC 9112 §6). Pure
+//! functions over buffers; the socket side is in `upstream`, the request head in `forward`.
 //!
 //! Requests with a body, and protocol switches, go through hyper's client instead: it streams a
 //! request body while already reading the answer, which this module has no need to do.
@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, StatusCode, Version};
+use hyper::{StatusCode, Version};
 
 /// Why a response could not be read.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -20,26 +20,6 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (with its extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
-
-/// Appends a request head: request line in origin-form, then every header.
-pub(crate) fn write_request_head(
-    dst: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-) {
-    dst.extend_from_slice(method.as_str().as_bytes());
-    dst.push(b' ');
-    dst.extend_from_slice(target.as_bytes());
-    dst.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
-    }
-    dst.extend_from_slice(b"\r\n");
-}
 
 /// A response head and how its body is delimited.
 #[derive(Debug)]
@@ -55,10 +35,12 @@ pub(crate) struct Head {
 
 /// Takes a complete response head off the front of `buf`, or returns `None` when more bytes
 /// are needed. `head_request`: the request was `HEAD`, so the response has no body whatever
-/// its headers say.
+/// its headers say. `spare`: a map taken (emptied) to hold the headers once the head is
+/// complete, so its allocation is reused.
 pub(crate) fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
+    spare: &mut HeaderMap,
 ) -> Result<Option<Head>, Error> {
     // Header positions are noted as offsets, so the values can share the head's bytes instead of
     // being copied once the head is split off the buffer.
@@ -103,7 +85,9 @@ pub(crate) fn parse_response(
         Version::HTTP_11
     };
 
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(count);
     let mut length: Option<u64> = None;
     let mut encoded = false;
     let mut chunked = false;
@@ -353,7 +337,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, head_request: bool) -> Result<Option<Head>, Error> {
-        parse_response(&mut BytesMut::from(text), head_request)
+        parse_response(
+            &mut BytesMut::from(text),
+            head_request,
+            &mut HeaderMap::new(),
+        )
     }
 
     fn head(text: &str) -> Head {
@@ -384,24 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn writes_an_origin_form_head() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("example.test"));
-        headers.append("x-a", HeaderValue::from_static("1"));
-        headers.append("x-a", HeaderValue::from_static("2"));
-        let mut out = Vec::new();
-        write_request_head(&mut out, &Method::GET, "/hi?x=1", &headers);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "GET /hi?x=1 HTTP/1.1\r\nhost: example.test\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
-        );
-    }
-
-    #[test]
     fn parses_a_head_and_leaves_the_body() {
         let mut buf =
             BytesMut::from("HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello");
-        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        let head = parse_response(&mut buf, false, &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["x-a"], "b");

@@ -1,9 +1,11 @@
 //! Public listeners and the connections they accept.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -314,20 +316,85 @@ async fn serve(
         .server
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = draining(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // Draining out and idleness are looked at only when their own wakers fire, not on each of
+    // the connection's wake-ups: polling them costs more than a request's worth of bookkeeping.
+    let stop = async {
+        tokio::select! {
+            () = draining(&mut shutdown) => {}
+            () = idle(&activity) => {
+                tracing::debug!(%peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
+            }
         }
-        () = idle(&activity) => {
-            tracing::debug!(%peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
+    };
+    tokio::pin!(stop);
+    let gate = Arc::new(Gate::default());
+    let gate_waker = Waker::from(gate.clone());
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        gate.watch(cx.waker());
+        if gate.fired.swap(false, Ordering::Acquire)
+            && stop
+                .as_mut()
+                .poll(&mut Context::from_waker(&gate_waker))
+                .is_ready()
+        {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    let result = match ended {
+        Some(result) => result,
+        None => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
     if let Err(err) = result {
         tracing::debug!(%peer, error = %err, "connection ended");
+    }
+}
+
+/// Wakes a connection's task when a rarely ready future of it (draining, idleness) was woken.
+struct Gate {
+    /// Set by the future's waker; the first poll looks at the future to register that waker.
+    fired: AtomicBool,
+    /// The connection task's waker.
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            fired: AtomicBool::new(true),
+            task: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Gate {
+    /// Remembers the task to wake, unless it is the one already remembered.
+    fn watch(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -98,26 +99,63 @@ impl RouteCounters {
     }
 }
 
-/// One container's access log: `<dir>/<container>.log`, one logfmt line per request, appended
-/// with a single write so concurrent requests never interleave.
-pub(crate) struct AccessFile(std::fs::File);
+/// One container's access log: `<dir>/<container>.log`, one logfmt line per request.
+///
+/// Lines are gathered in memory and appended whole with one write, so concurrent requests never
+/// interleave and a busy container costs a write per batch rather than per request. A batch is
+/// written when the last request in flight to the container ends (so a drained container's log
+/// is complete before its count reads 0), when it passes [`FLUSH_AT`] bytes, and by the proxy's
+/// periodic [`AccessFile::flush`].
+pub(crate) struct AccessFile {
+    file: std::fs::File,
+    pending: Mutex<Vec<u8>>,
+}
+
+/// Pending access-log bytes that trigger a write.
+const FLUSH_AT: usize = 32 * 1024;
 
 impl AccessFile {
     /// Opens (creating) the access log of `container` under `dir`.
     pub fn open(dir: &Path, container: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path: PathBuf = dir.join(format!("{container}.log"));
-        Ok(AccessFile(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ))
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AccessFile {
+            file,
+            pending: Mutex::new(Vec::new()),
+        })
     }
 
-    /// Appends one line; a failure (full disk) loses the line, never the request.
-    pub fn write_line(&self, line: &str) {
-        let _ = (&self.0).write_all(line.as_bytes());
+    /// Adds one line (`line` ends with a newline); `last`: no other request to the container is
+    /// in flight, write now. A failure (full disk) loses lines, never the request.
+    pub fn write_line(&self, line: std::fmt::Arguments<'_>, last: bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = pending.write_fmt(line);
+        if last || pending.len() >= FLUSH_AT {
+            self.write_out(&mut pending);
+        }
+    }
+
+    /// Writes the pending lines.
+    pub fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_out(&mut pending);
+    }
+
+    fn write_out(&self, pending: &mut Vec<u8>) {
+        if !pending.is_empty() {
+            let _ = (&self.file).write_all(pending);
+            pending.clear();
+        }
+    }
+}
+
+impl Drop for AccessFile {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

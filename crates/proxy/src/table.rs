@@ -142,6 +142,13 @@ impl Counters {
         }
     }
 
+    /// Writes every access log's pending lines.
+    pub fn flush_access_logs(&self) {
+        for file in self.access.values() {
+            file.flush();
+        }
+    }
+
     /// Counters of every route in `table`.
     pub fn routes(&self, table: &RouteTable) -> Vec<RouteCounters> {
         table

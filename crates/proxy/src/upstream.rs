@@ -4,7 +4,7 @@
 //! is a map from address to idle connections, and a connection goes back to its pool the moment
 //! its response body has been read. Two kinds of connection, each in its own pool:
 //!
-//! - **direct** ([`Pool::send_bodyless`]): requests without a body — nearly all of them — are
+//! - **direct** ([`Pool::checkout`]): requests without a body — nearly all of them — are
 //!   written and their responses read by the serving task itself, with the small HTTP/1.1 codec
 //!   of [`crate::h1`]: no connection task, no channels between tasks, no copies of the request;
 //! - **hyper** ([`Pool::send`]): requests with a body, and protocol switches (websockets), go
@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::http::{request, response};
-use hyper::{Method, Request, Response};
+use hyper::http::response;
+use hyper::{HeaderMap, Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,57 +104,20 @@ impl Pool {
         pool
     }
 
-    /// Sends a request without a body (`parts`: origin-form URI, `Host` set, hop-by-hop headers
-    /// gone) to `addr` and reads the response head. A reused connection the upstream closed
-    /// meanwhile is replaced by a new one when that is safe: the request is idempotent, or it
-    /// could not even be written.
-    pub async fn send_bodyless(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        parts: request::Parts,
-    ) -> Result<(response::Parts, DirectBody), Error> {
-        let head_request = parts.method == Method::HEAD;
-        let idempotent = is_idempotent(&parts.method);
-        let (mut conn, mut reused) = match self.take_direct(addr) {
+    /// A direct connection to `addr` for a request without a body: an idle one, or a new one.
+    /// Write the request head into [`Checkout::head`], then [`Checkout::exchange`] it.
+    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<Checkout, Error> {
+        let (mut conn, reused) = match self.take_direct(addr) {
             Some(conn) => (conn, true),
             None => (Direct::connect(addr).await?, false),
         };
-        let mut out = std::mem::take(&mut conn.write);
-        out.clear();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::write_request_head(&mut out, &parts.method, target, &parts.headers);
-        // The request's headers share the client connection's read buffer: let it go before
-        // waiting, so hyper can reuse that buffer in place for the next read.
-        drop(parts);
-        loop {
-            let sent = match conn.stream.write_all(&out).await {
-                Ok(()) => conn.read_head(head_request).await,
-                Err(err) => Err(Failure::Unanswered(err.into())),
-            };
-            match sent {
-                Ok(head) => {
-                    conn.write = out;
-                    let mut resp = Response::new(());
-                    *resp.status_mut() = head.status;
-                    *resp.version_mut() = head.version;
-                    *resp.headers_mut() = head.headers;
-                    let body = DirectBody {
-                        conn: Some(conn),
-                        decoder: head.decoder,
-                        keep_alive: head.keep_alive,
-                        pool: self.clone(),
-                        addr,
-                    };
-                    return Ok((resp.into_parts().0, body));
-                }
-                Err(Failure::Unanswered(err)) if reused && idempotent => {
-                    tracing::debug!(%addr, error = %err, "idle upstream connection was closed; retrying");
-                    conn = Direct::connect(addr).await?;
-                    reused = false;
-                }
-                Err(Failure::Unanswered(err) | Failure::Broken(err)) => return Err(err),
-            }
-        }
+        conn.write.clear();
+        Ok(Checkout {
+            pool: self.clone(),
+            addr,
+            conn,
+            reused,
+        })
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` through hyper, on an idle connection
@@ -288,6 +251,68 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// A direct connection checked out for one request.
+pub(crate) struct Checkout {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    conn: Direct,
+    reused: bool,
+}
+
+impl Checkout {
+    /// The buffer the request head goes into, empty.
+    pub fn head(&mut self) -> &mut Vec<u8> {
+        &mut self.conn.write
+    }
+
+    /// Sends the request head and reads the response head. A reused connection the upstream
+    /// closed meanwhile is replaced by a new one when that is safe: the request is idempotent,
+    /// or it could not even be written. `spare`: an empty header map to reuse for the response.
+    pub async fn exchange(
+        self,
+        method: &Method,
+        mut spare: HeaderMap,
+    ) -> Result<(response::Parts, DirectBody), Error> {
+        let Checkout {
+            pool,
+            addr,
+            mut conn,
+            mut reused,
+        } = self;
+        let head_request = *method == Method::HEAD;
+        loop {
+            let sent = match conn.stream.write_all(&conn.write).await {
+                Ok(()) => conn.read_head(head_request, &mut spare).await,
+                Err(err) => Err(Failure::Unanswered(err.into())),
+            };
+            match sent {
+                Ok(head) => {
+                    let mut resp = Response::new(());
+                    *resp.status_mut() = head.status;
+                    *resp.version_mut() = head.version;
+                    *resp.headers_mut() = head.headers;
+                    let body = DirectBody {
+                        conn: Some(conn),
+                        decoder: head.decoder,
+                        keep_alive: head.keep_alive,
+                        pool,
+                        addr,
+                    };
+                    return Ok((resp.into_parts().0, body));
+                }
+                Err(Failure::Unanswered(err)) if reused && is_idempotent(method) => {
+                    tracing::debug!(%addr, error = %err, "idle upstream connection was closed; retrying");
+                    let head = std::mem::take(&mut conn.write);
+                    conn = Direct::connect(addr).await?;
+                    conn.write = head;
+                    reused = false;
+                }
+                Err(Failure::Unanswered(err) | Failure::Broken(err)) => return Err(err),
+            }
+        }
+    }
+}
+
 /// How a direct exchange failed.
 enum Failure {
     /// Nothing came back: on a reused connection, most likely closed by the upstream while idle.
@@ -313,12 +338,16 @@ impl Direct {
     }
 
     /// Reads up to the end of the final response head, skipping informational (1xx) ones.
-    async fn read_head(&mut self, head_request: bool) -> Result<h1::Head, Failure> {
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+        headers: &mut HeaderMap,
+    ) -> Result<h1::Head, Failure> {
         let mut answered = false;
         loop {
             if !self.read.is_empty() {
                 answered = true;
-                match h1::parse_response(&mut self.read, head_request) {
+                match h1::parse_response(&mut self.read, head_request, headers) {
                     Ok(Some(head)) if head.status == hyper::StatusCode::SWITCHING_PROTOCOLS => {
                         return Err(Failure::Broken(
                             "upstream switched protocols unasked".into(),
