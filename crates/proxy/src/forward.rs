@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::listen::{Local, Shared, TrackToken};
-use crate::stats::{AccessFile, RouteStats};
+use crate::table::{CRoute, CUpstream, Compiled, RouteAt};
 use crate::upstream::{self, DirectBody, Reusable};
 
 /// The reserved path every public port answers for load balancers.
@@ -113,7 +113,7 @@ pub(crate) async fn handle(
 }
 
 async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
-    // The clock is read only for the access log.
+    // For the route's latency histogram; `start` only when the access log event is wanted.
     let began = Instant::now();
     let start = AccessLog::enabled().then_some(began);
     let shared = &conn.shared;
@@ -123,15 +123,15 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         } else {
             (StatusCode::OK, "ok")
         };
-        return local(conn, &req, (start, began), None, None, status, body);
+        return local(conn, &req, (start, began), None, status, body);
     }
 
     // Pick an upstream and count it in flight, then make sure the table did not change meanwhile:
     // once a swap is visible, a request counted against the old table is always re-routed, so a
     // control plane that swapped and then reads an old container's count at 0 can stop it safely.
     let mut table = shared.table.load_full();
-    let (route, rest, upstream, in_flight) = loop {
-        let Some((route, rest)) = table.lookup(conn.port, req.uri().path()) else {
+    let (at, rest, picked) = loop {
+        let Some((at, rest)) = table.lookup_at(conn.port, req.uri().path()) else {
             let body = format!(
                 "starphleet ship {}: nothing is published at {}\n",
                 table.table.ship,
@@ -142,67 +142,62 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
                 &req,
                 (start, began),
                 None,
-                None,
                 StatusCode::NOT_FOUND,
                 body,
             );
         };
-        let Some(upstream) = route.pick() else {
+        let route = table.route(at);
+        let Some(picked) = route.pick_at() else {
             route.requests.fetch_add(1, Ordering::Relaxed);
-            let service = route.service.clone();
             let body = format!(
-                "starphleet ship {}: service {service} has no running version yet\n",
-                table.table.ship
+                "starphleet ship {}: service {} has no running version yet\n",
+                table.table.ship, route.service
             );
+            let retry_after = route.retry_after.clone();
+            let routed = Routed {
+                table: table.clone(),
+                at,
+                upstream: None,
+            };
             let status = StatusCode::SERVICE_UNAVAILABLE;
-            let stats = Some(route.stats.clone());
-            let mut resp = local(
-                conn,
-                &req,
-                (start, began),
-                Some(service),
-                stats,
-                status,
-                body,
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, route.retry_after.clone());
+            let mut resp = local(conn, &req, (start, began), Some(routed), status, body);
+            resp.headers_mut().insert(header::RETRY_AFTER, retry_after);
             return resp;
         };
-        let in_flight = InFlight::new(&upstream.in_flight);
+        let in_flight = &route.upstreams[picked].in_flight;
+        in_flight.fetch_add(1, Ordering::SeqCst);
         let current = shared.table.load();
         if Arc::ptr_eq(&table, &current) {
-            break (route, rest, upstream, in_flight);
+            break (at, rest, picked);
         }
-        drop(in_flight);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
         table = arc_swap::Guard::into_inner(current);
     };
+    let route = table.route(at);
+    let upstream = &route.upstreams[picked];
     route.requests.fetch_add(1, Ordering::Relaxed);
     // Where the path left after the prefix starts, to find it again once `req` is taken apart.
     let rest_at = req.uri().path().len() - rest.len();
 
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let file = upstream
-        .access
-        .as_ref()
-        .map(|f| (f.clone(), upstream.version.clone()));
-    let log = (start.is_some() || file.is_some()).then(|| AccessLog {
+    let log = (start.is_some() || upstream.access.is_some()).then(|| AccessLog {
         method: method.clone(),
         uri: uri_text(&parts.uri),
-        service: Some(route.service.clone()),
-        container: Some(upstream.container.clone()),
         client: conn.client.clone(),
         trace: start.is_some(),
-        file,
     });
+    // From here on, `done` uncounts the request in flight, whatever happens.
     let mut done = Done {
-        in_flight: Some(in_flight),
+        routed: Some(Routed {
+            table: table.clone(),
+            at,
+            upstream: Some(picked),
+        }),
         log,
         bytes: 0,
         status: StatusCode::BAD_GATEWAY,
         began,
-        stats: Some(route.stats.clone()),
     };
 
     let upgrade = is_upgrade(parts.version, &parts.headers);
@@ -333,34 +328,29 @@ fn upstream_path(uri: &Uri, root: bool, rest: &str) -> PathAndQuery {
     PathAndQuery::from_maybe_shared(Bytes::from(s)).expect("a suffix of a valid path is valid")
 }
 
-/// A proxy-made text response (health, 404, 502, 503), logged like any other.
-/// A response the proxy makes itself; `(start, began)` are the access-log clock (when someone
-/// listens) and the request's start, `stats` the route it counts against, if any.
+/// A response the proxy makes itself (health, 404, 503), logged like any other;
+/// `(start, began)` are the access-log clock (when someone listens) and the request's start,
+/// `routed` the route it counts against, if any.
 fn local(
     conn: &ConnCtx,
     req: &Request<Incoming>,
     (start, began): (Option<Instant>, Instant),
-    service: Option<Arc<str>>,
-    stats: Option<Arc<RouteStats>>,
+    routed: Option<Routed>,
     status: StatusCode,
     body: impl Into<Bytes>,
 ) -> Response<ProxyBody> {
     let log = start.map(|_| AccessLog {
         method: req.method().clone(),
         uri: uri_text(req.uri()),
-        service,
-        container: None,
         client: conn.client.clone(),
         trace: true,
-        file: None,
     });
     let done = Done {
-        in_flight: None,
+        routed,
         log,
         bytes: 0,
         status,
         began,
-        stats,
     };
     text(status, body.into(), done)
 }
@@ -624,31 +614,34 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut done: Done, _alive: 
     }
 }
 
-/// Counts one request in flight on an upstream until dropped.
-pub(crate) struct InFlight(Arc<AtomicU64>);
+/// Where a request was routed: the table it was routed by, kept alive with the request, and
+/// its route and upstream in it. Counters, names and the access log are found through it when
+/// the request ends, instead of each being cloned (an atomic count each) for every request.
+struct Routed {
+    table: Arc<Compiled>,
+    at: RouteAt,
+    /// The upstream picked, counted in flight until the request ends; none for a 503.
+    upstream: Option<usize>,
+}
 
-impl InFlight {
-    fn new(count: &Arc<AtomicU64>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        InFlight(count.clone())
+impl Routed {
+    fn route(&self) -> &CRoute {
+        self.table.route(self.at)
+    }
+
+    fn upstream(&self) -> Option<&CUpstream> {
+        self.upstream.map(|u| &self.route().upstreams[u])
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The end of a request: releases its in-flight count, counts it on its route and writes its
-/// access log line.
+/// The end of a request: counts it on its route, writes its access log line and, last, releases
+/// its in-flight count.
 pub(crate) struct Done {
-    in_flight: Option<InFlight>,
+    routed: Option<Routed>,
     log: Option<AccessLog>,
     bytes: u64,
     status: StatusCode,
     began: Instant,
-    stats: Option<Arc<RouteStats>>,
 }
 
 impl Done {
@@ -659,57 +652,45 @@ impl Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        // The in-flight count drops last, after the access-log line is out: a control plane that
-        // sees a container's count at 0 finds its access log complete.
-        let in_flight = self.in_flight.take();
         let elapsed = self.began.elapsed();
-        if let Some(stats) = &self.stats {
-            stats.record(self.status.as_u16(), self.bytes, elapsed);
+        let route = self.routed.as_ref().map(Routed::route);
+        let upstream = self.routed.as_ref().and_then(Routed::upstream);
+        if let Some(route) = route {
+            route
+                .stats
+                .record(self.status.as_u16(), self.bytes, elapsed);
         }
-        let Some(log) = &self.log else { return };
-        if log.trace {
-            tracing::info!(
-                target: ACCESS,
-                method = %log.method,
-                path = %log.uri,
-                status = self.status.as_u16(),
-                bytes = self.bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                service = log.service.as_deref().unwrap_or("-"),
-                container = log.container.as_deref().unwrap_or("-"),
-                client = &*log.client,
-            );
+        if let Some(log) = &self.log {
+            if log.trace {
+                tracing::info!(
+                    target: ACCESS,
+                    method = %log.method,
+                    path = &*log.uri,
+                    status = self.status.as_u16(),
+                    bytes = self.bytes,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    service = route.map_or("-", |r| &*r.service),
+                    container = upstream.map_or("-", |u| &*u.container),
+                    client = &*log.client,
+                );
+            }
+            if let Some(upstream) = upstream {
+                if let Some(file) = &upstream.access {
+                    // The last request in flight writes the lines out: the control plane never
+                    // reads a container's count at 0 while its access log lacks lines.
+                    let last = upstream.in_flight.load(Ordering::SeqCst) == 1;
+                    file.write_line(
+                        |out| log.line(out, self.status, self.bytes, elapsed, &upstream.version),
+                        last,
+                    );
+                }
+            }
         }
-        if let Some((file, version)) = &log.file {
-            let last = in_flight
-                .as_ref()
-                .is_none_or(|f| f.0.load(Ordering::SeqCst) == 1);
-            file.write_line(
-                format_args!(
-                    "method={} path={} status={} bytes={} duration_ms={} version={} client={}\n",
-                    log.method,
-                    log.uri,
-                    self.status.as_u16(),
-                    self.bytes,
-                    Millis(elapsed),
-                    version,
-                    log.client
-                ),
-                last,
-            );
+        // The in-flight count drops last: a control plane that sees a container's count at 0
+        // finds its access log complete.
+        if let Some(upstream) = upstream {
+            upstream.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        drop(in_flight);
-    }
-}
-
-/// A duration in milliseconds with three decimals, formatted from integers (cheaper than
-/// formatting a float, on every request).
-struct Millis(std::time::Duration);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let micros = self.0.as_micros();
-        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
     }
 }
 
@@ -719,19 +700,65 @@ struct AccessLog {
     /// A copy: the request's own URI shares the client connection's read buffer, which hyper
     /// can then only reuse once this request is over.
     uri: Box<str>,
-    service: Option<Arc<str>>,
-    container: Option<Arc<str>>,
     client: Arc<str>,
     /// Emit the `starphleet::access` tracing event.
     trace: bool,
-    /// The upstream container's access log file and its version.
-    file: Option<(Arc<AccessFile>, Arc<str>)>,
 }
 
 impl AccessLog {
     fn enabled() -> bool {
         tracing::enabled!(target: ACCESS, tracing::Level::INFO)
     }
+
+    /// Appends the logfmt line of a container's access log, without the formatting machinery:
+    /// `method=GET path=/x status=200 bytes=13 duration_ms=0.125 version=v1 client=ip:port`.
+    fn line(
+        &self,
+        out: &mut Vec<u8>,
+        status: StatusCode,
+        bytes: u64,
+        elapsed: std::time::Duration,
+        version: &str,
+    ) {
+        let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        out.extend_from_slice(b"method=");
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.extend_from_slice(b" path=");
+        out.extend_from_slice(self.uri.as_bytes());
+        out.extend_from_slice(b" status=");
+        push_decimal(out, u64::from(status.as_u16()));
+        out.extend_from_slice(b" bytes=");
+        push_decimal(out, bytes);
+        out.extend_from_slice(b" duration_ms=");
+        push_decimal(out, micros / 1000);
+        let frac = micros % 1000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        out.extend_from_slice(b" version=");
+        out.extend_from_slice(version.as_bytes());
+        out.extend_from_slice(b" client=");
+        out.extend_from_slice(self.client.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A response body: the upstream's, streamed, or one the proxy made. Ends its request's [`Done`]
@@ -850,11 +877,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn millis_have_three_decimals() {
-        let ms = |us| Millis(std::time::Duration::from_micros(us)).to_string();
-        assert_eq!(ms(1170), "1.170");
-        assert_eq!(ms(5), "0.005");
-        assert_eq!(ms(2_000_000), "2000.000");
+    fn access_lines_are_logfmt_with_three_decimal_millis() {
+        let log = AccessLog {
+            method: Method::GET,
+            uri: "/echo/hi?x=1".into(),
+            client: "127.0.0.1:5000".into(),
+            trace: false,
+        };
+        let line = |us, bytes| {
+            let mut out = Vec::new();
+            let elapsed = std::time::Duration::from_micros(us);
+            log.line(&mut out, StatusCode::OK, bytes, elapsed, "v1");
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            line(1170, 13),
+            "method=GET path=/echo/hi?x=1 status=200 bytes=13 duration_ms=1.170 version=v1 client=127.0.0.1:5000\n"
+        );
+        assert!(line(5, 0).contains(" bytes=0 duration_ms=0.005 "));
+        assert!(line(2_000_000, 18_446_744_073_709_551_615)
+            .contains(" bytes=18446744073709551615 duration_ms=2000.000 "));
     }
 
     /// The header lines of a head, sorted.

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::forward::{handle, ConnCtx};
+use crate::forward::{handle, Activity, ConnCtx};
 use crate::table::Compiled;
 use crate::upstream::Pool;
 
@@ -321,7 +321,7 @@ async fn serve(
     let stop = async {
         tokio::select! {
             () = draining(&mut shutdown) => {}
-            () = idle(&activity) => {
+            () = idle(IDLE_TIMEOUT, || activity.activity()) => {
                 tracing::debug!(%peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
             }
         }
@@ -361,25 +361,25 @@ async fn serve(
 struct Gate {
     /// Set by the future's waker; the first poll looks at the future to register that waker.
     fired: AtomicBool,
-    /// The connection task's waker.
-    task: std::sync::Mutex<Option<Waker>>,
+    /// The connection task's waker. `serve` runs as one spawned task from start to end, so the
+    /// first waker it is given wakes that task for good.
+    task: std::sync::OnceLock<Waker>,
 }
 
 impl Default for Gate {
     fn default() -> Self {
         Gate {
             fired: AtomicBool::new(true),
-            task: std::sync::Mutex::new(None),
+            task: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Gate {
-    /// Remembers the task to wake, unless it is the one already remembered.
+    /// Remembers the task to wake, the first time.
     fn watch(&self, waker: &Waker) {
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
-            *task = Some(waker.clone());
+        if self.task.get().is_none() {
+            let _ = self.task.set(waker.clone());
         }
     }
 }
@@ -391,8 +391,7 @@ impl Wake for Gate {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.fired.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(task) = task.as_ref() {
+        if let Some(task) = self.task.get() {
             task.wake_by_ref();
         }
     }
@@ -400,15 +399,15 @@ impl Wake for Gate {
 
 /// Returns once the connection has gone [`IDLE_TIMEOUT`] without a request in progress or a new
 /// one started: a timer per connection ticking twice a period, rather than one per request.
-async fn idle(conn: &ConnCtx) {
-    let half = IDLE_TIMEOUT / 2;
+async fn idle(period: Duration, activity: impl Fn() -> Activity) {
+    let half = period / 2;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = conn.activity();
+    let mut seen = activity();
     let mut idle_ticks = 0;
     loop {
         tick.tick().await;
-        let now = conn.activity();
+        let now = activity();
         if now.started == seen.started && now.active == 0 {
             idle_ticks += 1;
             if idle_ticks == 2 {
@@ -466,5 +465,39 @@ impl Drop for TrackToken {
         if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[tokio::test]
+    async fn a_connection_is_idle_after_a_period_without_requests() {
+        let period = Duration::from_millis(100);
+        let quiet = || Activity {
+            started: 7,
+            active: 0,
+        };
+        let timed = tokio::time::timeout(Duration::from_secs(2), idle(period, quiet)).await;
+        assert!(timed.is_ok(), "no request for a period is idle");
+
+        // A request in progress (a long download) is not idleness, however long it takes.
+        let busy = || Activity {
+            started: 7,
+            active: 1,
+        };
+        let timed = tokio::time::timeout(period * 4, idle(period, busy)).await;
+        assert!(timed.is_err(), "a request in progress keeps the connection");
+
+        // Nor is a stream of short requests, each over before the next check.
+        let started = AtomicU32::new(0);
+        let steady = || Activity {
+            started: started.fetch_add(1, Ordering::Relaxed),
+            active: 0,
+        };
+        let timed = tokio::time::timeout(period * 4, idle(period, steady)).await;
+        assert!(timed.is_err(), "new requests keep the connection");
     }
 }

@@ -129,11 +129,11 @@ impl AccessFile {
         })
     }
 
-    /// Adds one line (`line` ends with a newline); `last`: no other request to the container is
-    /// in flight, write now. A failure (full disk) loses lines, never the request.
-    pub fn write_line(&self, line: std::fmt::Arguments<'_>, last: bool) {
+    /// Adds one line (`line` appends it, newline included); `last`: no other request to the
+    /// container is in flight, write now. A failure (full disk) loses lines, never the request.
+    pub fn write_line(&self, line: impl FnOnce(&mut Vec<u8>), last: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = pending.write_fmt(line);
+        line(&mut pending);
         if last || pending.len() >= FLUSH_AT {
             self.write_out(&mut pending);
         }

@@ -65,17 +65,34 @@ impl Compiled {
 
     /// The longest prefix on `port` matching `path` on a segment boundary, with the rest of the
     /// path after the prefix (empty when the path is exactly the prefix).
+    #[cfg(test)]
     pub fn lookup<'p>(&self, port: u16, path: &'p str) -> Option<(&CRoute, &'p str)> {
-        let i = self.ports.binary_search_by_key(&port, |p| p.0).ok()?;
-        self.ports[i].1.iter().find_map(|route| {
+        self.lookup_at(port, path)
+            .map(|(at, rest)| (self.route(at), rest))
+    }
+
+    /// The longest prefix on `port` matching `path` on a segment boundary — where it is in the
+    /// table, for [`Compiled::route`] — with the rest of the path after the prefix (empty when
+    /// the path is exactly the prefix).
+    pub fn lookup_at<'p>(&self, port: u16, path: &'p str) -> Option<(RouteAt, &'p str)> {
+        let p = self.ports.binary_search_by_key(&port, |p| p.0).ok()?;
+        self.ports[p].1.iter().enumerate().find_map(|(r, route)| {
             if &*route.prefix == "/" {
-                return Some((route, path));
+                return Some(((p, r), path));
             }
             let rest = path.strip_prefix(&*route.prefix)?;
-            (rest.is_empty() || rest.starts_with('/')).then_some((route, rest))
+            (rest.is_empty() || rest.starts_with('/')).then_some(((p, r), rest))
         })
     }
+
+    /// The route found at `at` by [`Compiled::lookup_at`] on this table.
+    pub fn route(&self, (p, r): RouteAt) -> &CRoute {
+        &self.ports[p].1[r]
+    }
 }
+
+/// Where a route is in a [`Compiled`] table: port and route index.
+pub(crate) type RouteAt = (usize, usize);
 
 impl CRoute {
     /// Whether the prefix is `/`, which leaves paths untouched.
@@ -83,18 +100,19 @@ impl CRoute {
         &*self.prefix == "/"
     }
 
-    /// The upstream with the fewest requests in flight, or none when the route has none.
-    pub fn pick(&self) -> Option<&CUpstream> {
+    /// The index of the upstream with the fewest requests in flight, or none when the route has
+    /// none.
+    pub fn pick_at(&self) -> Option<usize> {
         let n = self.upstreams.len();
         if n <= 1 {
-            return self.upstreams.first();
+            return (n == 1).then_some(0);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = &self.upstreams[start];
-        let mut best_load = best.in_flight.load(Ordering::Relaxed);
+        let mut best = start;
+        let mut best_load = self.upstreams[start].in_flight.load(Ordering::Relaxed);
         for i in 1..n {
-            let u = &self.upstreams[(start + i) % n];
-            let load = u.in_flight.load(Ordering::Relaxed);
+            let u = (start + i) % n;
+            let load = self.upstreams[u].in_flight.load(Ordering::Relaxed);
             if load < best_load {
                 best = u;
                 best_load = load;

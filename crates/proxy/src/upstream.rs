@@ -283,7 +283,7 @@ impl Checkout {
         loop {
             let sent = match conn.stream.write_all(&conn.write).await {
                 Ok(()) => conn.read_head(head_request, &mut spare).await,
-                Err(err) => Err(Failure::Unanswered(err.into())),
+                Err(err) => Err(Failure::Unsent(err.into())),
             };
             match sent {
                 Ok(head) => {
@@ -300,14 +300,24 @@ impl Checkout {
                     };
                     return Ok((resp.into_parts().0, body));
                 }
-                Err(Failure::Unanswered(err)) if reused && is_idempotent(method) => {
+                Err(failure) => {
+                    let retry = reused
+                        && match failure {
+                            Failure::Unsent(_) => true,
+                            Failure::Unanswered(_) => is_idempotent(method),
+                            Failure::Broken(_) => false,
+                        };
+                    let (Failure::Unsent(err) | Failure::Unanswered(err) | Failure::Broken(err)) =
+                        failure;
+                    if !retry {
+                        return Err(err);
+                    }
                     tracing::debug!(%addr, error = %err, "idle upstream connection was closed; retrying");
                     let head = std::mem::take(&mut conn.write);
                     conn = Direct::connect(addr).await?;
                     conn.write = head;
                     reused = false;
                 }
-                Err(Failure::Unanswered(err) | Failure::Broken(err)) => return Err(err),
             }
         }
     }
@@ -315,6 +325,9 @@ impl Checkout {
 
 /// How a direct exchange failed.
 enum Failure {
+    /// The request could not be written: on a reused connection, closed by the upstream while
+    /// idle; the upstream has seen nothing.
+    Unsent(Error),
     /// Nothing came back: on a reused connection, most likely closed by the upstream while idle.
     Unanswered(Error),
     /// The upstream answered something that is not a usable response.

@@ -47,7 +47,10 @@ fn serves_echo_from_headquarters() {
     let human = ship.cli(&["status"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("echo") && text.contains("serving"), "{text}");
-    assert!(text.contains("route :80/echo") && text.contains("container sp-"), "{text}");
+    assert!(
+        text.contains("route :80/echo") && text.contains("container sp-"),
+        "{text}"
+    );
 }
 
 #[test]
