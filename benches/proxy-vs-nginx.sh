@@ -41,6 +41,10 @@
 # online CPU), ours one worker thread per CPU it may run on. PIN=0 runs everything unpinned.
 #
 # Knobs (environment): ROUNDS=2 DURATION=8 LAT_DURATION=4 PIN=1
+#   LTO=1                build starphleet with fat LTO and one codegen unit (into
+#                        target/bench-lto, leaving the shared target dir alone): what the
+#                        workspace's release profile would give with `lto = "fat"` and
+#                        `codegen-units = 1`
 #   STARPHLEET_BIN=PATH  use this starphleet binary instead of building one
 #   KEEP=1               keep the temp dir (configs, logs, raw wrk output) and print its path
 
@@ -50,6 +54,7 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-8}
 LAT_DURATION=${LAT_DURATION:-4}
 NCPU=$(nproc)
+[ "$ROUNDS" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be 1 or more" >&2; exit 2; }
 PIN=${PIN:-$([ "$NCPU" -ge 2 ] && echo 1 || echo 0)}
 UP_PORT=18000
 PROXIES=(nginx nginx+log ours)
@@ -107,9 +112,17 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
 	grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)}
-if [ -z "${STARPHLEET_BIN:-}" ]; then
+if [ -n "${STARPHLEET_BIN:-}" ]; then
+	BUILD="given binary $STARPHLEET_BIN"
+elif [ "${LTO:-0}" = 1 ]; then
+	CARGO_TARGET_DIR=$TARGET/bench-lto CARGO_PROFILE_RELEASE_LTO=fat \
+		CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo build --release --bin starphleet >&2
+	STARPHLEET_BIN=$TARGET/bench-lto/release/starphleet
+	BUILD="release + fat LTO, 1 codegen unit"
+else
 	cargo build --release --bin starphleet >&2
 	STARPHLEET_BIN=$TARGET/release/starphleet
+	BUILD="workspace release profile"
 fi
 cargo build --release -p starphleet-proxy --example set_routes >&2
 SET_ROUTES=$TARGET/release/examples/set_routes
@@ -307,7 +320,7 @@ mean() { awk -v s="${SUM[$1]}" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 echo
 echo "proxy vs nginx, $(date -u '+%Y-%m-%d %H:%M UTC'), $NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $PINNING"
-echo "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), wrk -t2 -c64 -d${DURATION}s and -t1 -c1 -d${LAT_DURATION}s, mean of $ROUNDS rounds"
+echo "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), wrk -t2 -c64 -d${DURATION}s and -t1 -c1 -d${LAT_DURATION}s, mean of $ROUNDS rounds; ours: $BUILD"
 echo
 printf '| %-22s | %9s | %9s | %9s | %10s | %14s |\n' "" nginx nginx+log ours "ours/nginx" "ours/nginx+log"
 printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------" "----------:" "----------:" "----------:" "-----------:" "---------------:"
