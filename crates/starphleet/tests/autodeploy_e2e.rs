@@ -52,6 +52,23 @@ fn service(ship: &TestShip, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no service {name} in {st}"))
 }
 
+/// Waits until the service `app`'s latest deploy failed; returns the service and that outcome.
+fn wait_for_failed_deploy(ship: &TestShip) -> (serde_json::Value, String) {
+    let deadline = Instant::now() + DEPLOY;
+    loop {
+        let svc = service(ship, "app");
+        let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if outcome.starts_with("failed") {
+            return (svc, outcome);
+        }
+        assert!(Instant::now() < deadline, "never reported: {svc}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn container_ids(svc: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> = svc["containers"]
         .as_array()
@@ -199,29 +216,17 @@ fn version_that_never_gets_healthy_leaves_the_old_one_serving() {
     let (ship, app) = versioned_ship("healthcheck --timeout 2s\n");
     let old = container_ids(&service(&ship, "app"));
     commit_version(&app, "v2", "export WRONG_PORT=1\n");
-    let deadline = Instant::now() + DEPLOY;
-    loop {
-        let svc = service(&ship, "app");
-        let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if outcome.starts_with("failed") {
-            assert!(outcome.contains("failed at health"), "{outcome}");
-            assert!(outcome.contains("not healthy"), "{outcome}");
-            assert!(
-                outcome.contains("app v2 listening on 8001"),
-                "app output is in the report: {outcome}"
-            );
-            assert!(
-                svc["error"].as_str().unwrap().contains("not healthy"),
-                "{svc}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "never reported: {svc}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (svc, outcome) = wait_for_failed_deploy(&ship);
+    assert!(outcome.contains("failed at health"), "{outcome}");
+    assert!(outcome.contains("not healthy"), "{outcome}");
+    assert!(
+        outcome.contains("app v2 listening on 8001"),
+        "app output is in the report: {outcome}"
+    );
+    assert!(
+        svc["error"].as_str().unwrap().contains("not healthy"),
+        "{svc}"
+    );
     assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
     assert_eq!(container_ids(&service(&ship, "app")), old);
     wait_only_serving_containers(&ship, "app");
@@ -308,21 +313,9 @@ fn failed_build_keeps_the_previous_version_serving() {
         "v2",
         "build echo compiling; echo syntax error >&2; exit 2\n",
     );
-    let deadline = Instant::now() + DEPLOY;
-    loop {
-        let svc = service(&ship, "app");
-        let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if outcome.starts_with("failed") {
-            assert!(outcome.contains("failed at build"), "{outcome}");
-            assert!(outcome.contains("exited with code 2"), "{outcome}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never reported: {svc}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (_, outcome) = wait_for_failed_deploy(&ship);
+    assert!(outcome.contains("failed at build"), "{outcome}");
+    assert!(outcome.contains("exited with code 2"), "{outcome}");
     assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
     let log = std::fs::read_to_string(ship.state.join("logs/app/build.log")).unwrap();
     assert!(
