@@ -57,6 +57,9 @@ impl Diagnostic {
     }
 }
 
+/// A diagnostic is an error value too, e.g. from [`crate::read_hq_file`].
+impl std::error::Error for Diagnostic {}
+
 /// Lines longer than this are shown as a window around the caret.
 const MAX_SHOWN: usize = 160;
 /// Chars kept before the caret when windowing a long line.

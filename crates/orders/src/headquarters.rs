@@ -1,14 +1,25 @@
 //! A whole headquarters checkout: every order, the phleet settings, and cross-order checks.
 
 use std::collections::HashMap;
-use std::fs;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::Diagnostic;
 use crate::env::parse_env_file;
-use crate::lex::{source_lines, split_words};
+use crate::hq_file::{
+    kind_at, open_root, open_subdir, read_text_beneath, Kind, OpenDirError, SYMLINK_MESSAGE,
+    WALK_SYMLINK_HELP,
+};
+use crate::lex::{source_lines, split_words, Span};
 use crate::order::{parse_order, words_span, Order};
 
 /// The phleet-wide settings file at the HQ root.
@@ -61,41 +72,105 @@ impl Headquarters {
     }
 }
 
-/// Find `*.orders` files under `dir` (relative paths), skipping hidden entries and
-/// symlinked folders (which could loop).
-fn find_orders(root: &Path, rel: &Path, found: &mut Vec<PathBuf>, errors: &mut Vec<Diagnostic>) {
-    let dir = root.join(rel);
-    let entries = match fs::read_dir(&dir) {
+/// Folders nested deeper than this are not searched: orders that deep could not have a
+/// valid service name anyway, and it bounds the recursion on a hostile tree.
+const MAX_FOLDER_DEPTH: usize = 16;
+
+/// The names and types in a folder, sorted, without `.` and `..`.
+fn list(dir: &mut Dir) -> Result<Vec<(OsString, Option<Type>)>, Errno> {
+    let mut entries = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name != "." && name != ".." {
+            entries.push((name.to_os_string(), entry.file_type()));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// Find `*.orders` files under the folder `dir` (at `rel` in HQ), skipping hidden entries.
+/// Nothing is followed: a symlink is a diagnostic, or an order candidate the reader refuses.
+fn find_orders(
+    mut dir: Dir,
+    rel: &Path,
+    depth: usize,
+    found: &mut Vec<PathBuf>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let shown = |rel: &Path| -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            rel.to_path_buf()
+        }
+    };
+    let entries = match list(&mut dir) {
         Ok(entries) => entries,
         Err(e) => {
-            let shown = if rel.as_os_str().is_empty() {
-                root
-            } else {
-                rel
-            };
             errors.push(Diagnostic::file(
-                shown,
-                format!("cannot read headquarters folder: {e}"),
+                &shown(rel),
+                format!("cannot read headquarters folder: {}", io::Error::from(e)),
             ));
             return;
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for (name, kind) in entries {
         if name.as_encoded_bytes().starts_with(b".") {
             continue;
         }
         let rel_path = rel.join(&name);
-        let Ok(kind) = entry.file_type() else {
-            continue;
+        let kind = match kind {
+            Some(Type::Directory) => Kind::Dir,
+            Some(Type::Symlink) => Kind::Symlink,
+            Some(Type::File) => Kind::File,
+            // The folder's file system does not say: look, without following.
+            _ => match kind_at(dir.as_fd(), &name) {
+                Ok(kind) => kind,
+                Err(_) => continue,
+            },
         };
-        if kind.is_dir() {
-            find_orders(root, &rel_path, found, errors);
-        } else if name.as_encoded_bytes().ends_with(b".orders") {
-            // A symlink to a file counts; fs::metadata follows it.
-            if kind.is_file() || fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-                found.push(rel_path);
-            }
+        let is_order = name.as_encoded_bytes().ends_with(b".orders");
+        match kind {
+            // The reader refuses it with the same diagnostic, as a broken order.
+            Kind::Symlink if is_order => found.push(rel_path),
+            Kind::Symlink => errors
+                .push(Diagnostic::file(&rel_path, SYMLINK_MESSAGE).with_help(WALK_SYMLINK_HELP)),
+            Kind::Dir if depth >= MAX_FOLDER_DEPTH => errors.push(
+                Diagnostic::file(
+                    &rel_path,
+                    format!(
+                        "folder is nested more than {MAX_FOLDER_DEPTH} deep; it is not searched \
+                         for orders"
+                    ),
+                )
+                .with_help(
+                    "service names are at most 4 parts, e.g. `team/api/v2/web.orders`: move the \
+                     orders up",
+                ),
+            ),
+            Kind::Dir => match open_subdir(dir.as_fd(), &name, &rel_path) {
+                Ok(fd) => match Dir::from_fd(fd) {
+                    Ok(sub) => find_orders(sub, &rel_path, depth + 1, found, errors),
+                    Err(e) => errors.push(Diagnostic::file(
+                        &rel_path,
+                        format!("cannot read headquarters folder: {}", io::Error::from(e)),
+                    )),
+                },
+                Err(OpenDirError::Symlink(d)) => {
+                    errors.push(d.with_help(WALK_SYMLINK_HELP));
+                }
+                // Replaced since it was listed: it is gone, or no longer a folder.
+                Err(OpenDirError::NotADir | OpenDirError::Io(Errno::ENOENT)) => {}
+                Err(OpenDirError::Io(e)) => errors.push(Diagnostic::file(
+                    &rel_path,
+                    format!("cannot read headquarters folder: {}", io::Error::from(e)),
+                )),
+            },
+            // FIFOs and devices named `*.orders` are candidates too: the reader says what they are.
+            Kind::File | Kind::Other(_) if is_order => found.push(rel_path),
+            Kind::File | Kind::Other(_) => {}
         }
     }
 }
@@ -113,33 +188,6 @@ fn service_name(rel: &Path) -> String {
         .to_string()
 }
 
-/// Read a file as UTF-8 text, or explain why not (pointing at the first bad byte).
-fn read_text(root: &Path, rel: &Path) -> Result<String, Diagnostic> {
-    let bytes = fs::read(root.join(rel))
-        .map_err(|e| Diagnostic::file(rel, format!("cannot read file: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let bytes = e.as_bytes();
-        let good = e.utf8_error().valid_up_to();
-        let before = String::from_utf8_lossy(&bytes[..good]);
-        let line_no = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        let rest = &bytes[good..];
-        let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-        let line = String::from_utf8_lossy(&bytes[..good + line_end]);
-        let text = line[line_start..].trim_end_matches('\r').to_string();
-        Diagnostic::at(
-            rel,
-            line_no,
-            column,
-            1,
-            &text,
-            format!("file is not valid UTF-8 (byte 0x{:02x})", bytes[good]),
-        )
-        .with_help("save the file as UTF-8 text")
-    })
-}
-
 /// One order file's outcome while loading.
 struct Loaded {
     service: String,
@@ -149,40 +197,65 @@ struct Loaded {
 }
 
 /// Load a whole HQ checkout: never fails, every problem becomes a diagnostic.
+///
+/// Nothing in it is followed out of `dir`: symlinks are refused, and files over
+/// [`MAX_HQ_FILE_BYTES`](crate::MAX_HQ_FILE_BYTES) are not read.
 pub fn load_headquarters(dir: &Path) -> Headquarters {
     let mut hq = Headquarters::default();
+    let root = match open_root(dir) {
+        Ok(root) => root,
+        Err(d) => {
+            hq.errors.push(d);
+            return hq;
+        }
+    };
     let settings_rel = Path::new(SETTINGS_FILE);
-    if dir.join(settings_rel).exists() {
-        match read_text(dir, settings_rel)
-            .map_err(|d| vec![d])
-            .and_then(|text| parse_env_file(settings_rel, &text))
-        {
+    match read_text_beneath(root.as_fd(), settings_rel) {
+        Ok(None) => {}
+        Ok(Some(text)) => match parse_env_file(settings_rel, &text) {
             Ok(settings) => hq.settings = settings,
             Err(diags) => hq.errors.extend(diags),
-        }
+        },
+        Err(d) => hq.errors.push(d),
     }
 
     let mut paths = Vec::new();
-    find_orders(dir, Path::new(""), &mut paths, &mut hq.errors);
+    // Its own descriptor for listing (fdopendir takes it), with its own read position.
+    match openat(
+        root.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(Dir::from_fd)
+    {
+        Ok(top) => find_orders(top, Path::new(""), 0, &mut paths, &mut hq.errors),
+        Err(e) => hq.errors.push(Diagnostic::file(
+            dir,
+            format!("cannot read headquarters folder: {}", io::Error::from(e)),
+        )),
+    }
     paths.sort();
 
     let mut loaded: Vec<Loaded> = paths
         .into_iter()
-        .map(|path| {
+        .filter_map(|path| {
             let service = service_name(&path);
-            let (text, result) = match read_text(dir, &path) {
-                Ok(text) => {
+            let (text, result) = match read_text_beneath(root.as_fd(), &path) {
+                // Listed a moment ago, gone now: it is deleted, not broken.
+                Ok(None) => return None,
+                Ok(Some(text)) => {
                     let result = parse_order(&service, &path, &text);
                     (text, result)
                 }
                 Err(d) => (String::new(), Err(vec![d])),
             };
-            Loaded {
+            Some(Loaded {
                 service,
                 path,
                 text,
                 result,
-            }
+            })
         })
         .collect();
 
@@ -195,12 +268,9 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
         let mut clashes = Vec::new();
         for p in &order.publish {
             if let Some((other, other_line)) = claims.get(&(p.public, p.url.clone())) {
-                let text = source_lines(&item.text)
-                    .nth(p.span_line - 1)
-                    .map_or("", |l| l.text);
-                let span = split_words(text).map_or(crate::lex::Span { col: 1, width: 1 }, |l| {
-                    words_span(&l.words)
-                });
+                let text = line_of(&item.text, p.span_line);
+                let span =
+                    split_words(text).map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words));
                 clashes.push(
                     Diagnostic::at(
                         &item.path,
@@ -247,4 +317,11 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
     }
     hq.orders.sort_by(|a, b| a.service.cmp(&b.service));
     hq
+}
+
+/// The line `line_no` of `text` (1-based), or empty.
+fn line_of(text: &str, line_no: usize) -> &str {
+    source_lines(text)
+        .nth(line_no.saturating_sub(1))
+        .map_or("", |l| l.text)
 }

@@ -954,17 +954,272 @@ fn headquarters_without_settings_or_orders() {
         .starts_with("cannot read headquarters folder"));
 }
 
-#[cfg(unix)]
 #[test]
-fn headquarters_unreadable_entries() {
+fn headquarters_folders_named_orders_are_folders() {
     let dir = tempfile::tempdir().unwrap();
-    // An `*.orders` directory is just a folder; a dangling symlink is skipped.
     std::fs::create_dir_all(dir.path().join("odd.orders")).unwrap();
     write(dir.path(), "odd.orders/inner.orders", ECHO.as_bytes());
-    std::os::unix::fs::symlink("/nonexistent", dir.path().join("dangling.orders")).unwrap();
-    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
     let hq = load_headquarters(dir.path());
     let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
     assert_eq!(services, ["odd.orders/inner"]);
     assert!(hq.errors.is_empty(), "{}", hq.render_errors());
+}
+
+// ---- what headquarters may contain: symlinks, sizes ---------------------------------
+
+/// A string that appears nowhere but in the files a test plants outside HQ.
+fn unique_secret() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("SECRET{}x{nanos}", std::process::id())
+}
+
+/// Everything a consumer of `hq` could show: rendered errors and the whole value as JSON.
+fn everything_shown(hq: &Headquarters) -> String {
+    format!(
+        "{}\n{}",
+        hq.render_errors(),
+        serde_json::to_string(hq).unwrap()
+    )
+}
+
+#[test]
+fn headquarters_never_follows_a_symlink() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = unique_secret();
+    // If followed, these would parse into an order, settings, and diagnostics quoting lines.
+    let valid = outside.path().join("valid");
+    std::fs::write(&valid, format!("autodeploy https://h/{secret}.git\n")).unwrap();
+    let invalid = outside.path().join("shadow");
+    std::fs::write(&invalid, format!("root:{secret}:19000:0:99999:7:::\n")).unwrap();
+    let env = outside.path().join("env");
+    std::fs::write(&env, format!("LEAK={secret}\n")).unwrap();
+    let folder = outside.path().join("folder");
+    write(
+        &folder,
+        "inner.orders",
+        format!("{secret} oops\n").as_bytes(),
+    );
+
+    let hq_dir = tempfile::tempdir().unwrap();
+    let root = hq_dir.path();
+    write(root, "echo.orders", ECHO.as_bytes());
+    symlink(&invalid, root.join("shadow.orders")).unwrap();
+    symlink(&valid, root.join("looks-fine.orders")).unwrap();
+    symlink(&env, root.join(".starphleet")).unwrap();
+    symlink(&folder, root.join("team")).unwrap();
+    symlink(root, root.join("loop")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling.orders")).unwrap();
+    write(root, "nested/ok.orders", ECHO.as_bytes());
+    symlink(&invalid, root.join("nested/README.md")).unwrap();
+
+    let hq = load_headquarters(root);
+    let shown = everything_shown(&hq);
+    assert!(
+        !shown.contains(&secret),
+        "a byte from outside HQ leaked:\n{shown}"
+    );
+    assert!(!shown.contains("19000"), "{shown}");
+
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["echo", "nested/ok"]);
+    // A symlinked order is a broken order: the ship keeps its last good version.
+    let broken: Vec<_> = hq.broken.iter().map(|b| b.service.as_str()).collect();
+    assert_eq!(broken, ["dangling", "looks-fine", "shadow"]);
+    assert!(hq.settings.is_empty());
+    assert!(hq.settings_broken());
+
+    let file_help = "  = help: replace the symlink with the file itself; symlinks in headquarters \
+                     are never followed";
+    let walk_help = "  = help: replace the symlink with the file or folder itself; symlinks in \
+                     headquarters are never followed";
+    let rendered: Vec<String> = hq.errors.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        rendered,
+        [
+            format!(".starphleet:1:1: error: symlinks are not allowed in headquarters\n{file_help}"),
+            format!("loop:1:1: error: symlinks are not allowed in headquarters\n{walk_help}"),
+            format!(
+                "nested/README.md:1:1: error: symlinks are not allowed in headquarters\n{walk_help}"
+            ),
+            format!("team:1:1: error: symlinks are not allowed in headquarters\n{walk_help}"),
+            format!(
+                "dangling.orders:1:1: error: symlinks are not allowed in headquarters\n{file_help}"
+            ),
+            format!(
+                "looks-fine.orders:1:1: error: symlinks are not allowed in headquarters\n{file_help}"
+            ),
+            format!(
+                "shadow.orders:1:1: error: symlinks are not allowed in headquarters\n{file_help}"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn hq_files_are_read_without_following_symlinks() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = unique_secret();
+    let key = outside.path().join("key");
+    std::fs::write(&key, format!("-----BEGIN {secret}-----\n\u{ff}")).unwrap();
+    write(outside.path(), "certs/api.key", secret.as_bytes());
+
+    let hq = tempfile::tempdir().unwrap();
+    let root = hq.path();
+    write(root, "ships", b"ship-1\nship-2\n");
+    write(root, "certs/web.crt", b"-----BEGIN CERTIFICATE-----\n");
+    write(root, "latin1", b"caf\xe9\n");
+    symlink(&key, root.join("certs/api.key")).unwrap();
+    symlink("/nonexistent", root.join("certs/gone.key")).unwrap();
+    symlink(outside.path().join("certs"), root.join("linked")).unwrap();
+    std::fs::create_dir(root.join("folder")).unwrap();
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    let read = |rel: &str| read_hq_file(root, Path::new(rel));
+    assert_eq!(read("ships").unwrap().as_deref(), Some("ship-1\nship-2\n"));
+    assert_eq!(
+        read("certs/web.crt").unwrap().as_deref(),
+        Some("-----BEGIN CERTIFICATE-----\n")
+    );
+    // Absent files and folders are not errors: the ship decides whether it needs them.
+    assert_eq!(read("certs/none.crt").unwrap(), None);
+    assert_eq!(read("nope/none.crt").unwrap(), None);
+    assert_eq!(read("ships/under-a-file").unwrap(), None);
+
+    let err = |rel: &str| read(rel).unwrap_err().to_string();
+    let help = "  = help: replace the symlink with the file itself; symlinks in headquarters are \
+                never followed";
+    assert_eq!(
+        err("certs/api.key"),
+        format!("certs/api.key:1:1: error: symlinks are not allowed in headquarters\n{help}")
+    );
+    assert_eq!(
+        err("certs/gone.key"),
+        format!("certs/gone.key:1:1: error: symlinks are not allowed in headquarters\n{help}")
+    );
+    // A symlinked folder on the way is named, whatever is (or is not) behind it.
+    assert_eq!(
+        err("linked/api.key"),
+        format!(
+            "linked:1:1: error: symlinks are not allowed in headquarters: cannot read \
+             `linked/api.key` through it\n{help}"
+        )
+    );
+    assert_eq!(
+        err("linked/missing"),
+        format!(
+            "linked:1:1: error: symlinks are not allowed in headquarters: cannot read \
+             `linked/missing` through it\n{help}"
+        )
+    );
+    // A FIFO is refused without being opened (opening it would block).
+    assert_eq!(
+        err("fifo"),
+        "fifo:1:1: error: not a regular file (a named pipe)\n  = help: headquarters files must \
+         be plain files committed to git"
+    );
+    assert_eq!(
+        err("folder"),
+        "folder:1:1: error: not a regular file (a folder)\n  = help: headquarters files must be \
+         plain files committed to git"
+    );
+    for outside_hq in ["../x", "/etc/passwd", "certs/../ships", "", "."] {
+        let d = read(outside_hq).unwrap_err();
+        assert!(
+            d.message.ends_with("is not a path inside headquarters"),
+            "{outside_hq}: {d}"
+        );
+    }
+    assert_eq!(
+        read("latin1").unwrap_err().message,
+        "file is not valid UTF-8 (byte 0xe9)"
+    );
+    assert_eq!(
+        read_hq_bytes(root, Path::new("latin1")).unwrap().unwrap(),
+        b"caf\xe9\n"
+    );
+    let d = read_hq_bytes(root, Path::new("certs/api.key")).unwrap_err();
+    assert!(!format!("{d}{d:?}").contains(&secret));
+    let missing_root = read_hq_file(&root.join("nope"), Path::new("ships")).unwrap_err();
+    assert!(missing_root
+        .message
+        .starts_with("cannot read headquarters folder"));
+    // A diagnostic works as an error value.
+    let _: Box<dyn std::error::Error> = Box::new(missing_root);
+}
+
+#[test]
+fn files_over_one_mib_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Exactly the limit is fine: a valid order padded with a comment.
+    let mut exact = format!("{ECHO}# ").into_bytes();
+    exact.resize(MAX_HQ_FILE_BYTES as usize - 1, b'x');
+    exact.push(b'\n');
+    write(root, "exact.orders", &exact);
+    let mut over = exact.clone();
+    over.push(b'\n');
+    write(root, "over.orders", &over);
+    // Sparse 64 GiB files: reading them would take minutes and all the memory.
+    let huge = std::fs::File::create(root.join("huge.orders")).unwrap();
+    huge.set_len(64 << 30).unwrap();
+    let settings = std::fs::File::create(root.join(".starphleet")).unwrap();
+    settings.set_len(64 << 30).unwrap();
+    std::fs::File::create(root.join("ships"))
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let hq = load_headquarters(root);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["exact"]);
+    assert!(hq.settings_broken());
+    let help = "  = help: orders and settings are a few lines each: check that the right file is \
+                committed under this name, and keep anything large out of headquarters";
+    assert_eq!(
+        hq.render_errors(),
+        format!(
+            ".starphleet:1:1: error: file is 68719476736 bytes; headquarters files may be at most \
+             1048576 bytes (1 MiB)\n{help}\n\n\
+             huge.orders:1:1: error: file is 68719476736 bytes; headquarters files may be at most \
+             1048576 bytes (1 MiB)\n{help}\n\n\
+             over.orders:1:1: error: file is 1048577 bytes; headquarters files may be at most \
+             1048576 bytes (1 MiB)\n{help}\n"
+        )
+    );
+    assert_eq!(
+        read_hq_file(root, Path::new("ships")).unwrap_err().message,
+        "file is 68719476736 bytes; headquarters files may be at most 1048576 bytes (1 MiB)"
+    );
+}
+
+#[test]
+fn folders_nested_too_deep_are_not_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = (1..=17)
+        .map(|i| format!("d{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    write(dir.path(), &format!("{deep}/x.orders"), ECHO.as_bytes());
+    let hq = load_headquarters(dir.path());
+    assert!(hq.orders.is_empty() && hq.broken.is_empty());
+    assert_eq!(hq.errors.len(), 1);
+    assert_eq!(
+        hq.errors[0].to_string(),
+        format!(
+            "{deep}:1:1: error: folder is nested more than 16 deep; it is not searched for \
+             orders\n  = help: service names are at most 4 parts, e.g. `team/api/v2/web.orders`: \
+             move the orders up"
+        )
+    );
 }
