@@ -20,7 +20,7 @@ use crate::hq_file::{
     WALK_SYMLINK_HELP,
 };
 use crate::lex::{source_lines, split_words, Span};
-use crate::order::{parse_order, words_span, Order};
+use crate::order::{parse_order, words_span, Order, MAX_SERVICE_DEPTH};
 
 /// The phleet-wide settings file at the HQ root.
 pub const SETTINGS_FILE: &str = ".starphleet";
@@ -145,10 +145,10 @@ fn find_orders(
                          for orders"
                     ),
                 )
-                .with_help(
-                    "service names are at most 4 parts, e.g. `team/api/v2/web.orders`: move the \
-                     orders up",
-                ),
+                .with_help(format!(
+                    "service names are at most {MAX_SERVICE_DEPTH} parts, e.g. \
+                     `team/api/v2/web.orders`: move the orders up"
+                )),
             ),
             Kind::Dir => match open_subdir(dir.as_fd(), &name, &rel_path) {
                 Ok(fd) => match Dir::from_fd(fd) {
@@ -198,8 +198,9 @@ struct Loaded {
 
 /// Load a whole HQ checkout: never fails, every problem becomes a diagnostic.
 ///
-/// Nothing in it is followed out of `dir`: symlinks are refused, and files over
-/// [`MAX_HQ_FILE_BYTES`](crate::MAX_HQ_FILE_BYTES) are not read.
+/// Nothing in it is followed out of `dir`: symlinks are refused, files over
+/// [`MAX_HQ_FILE_BYTES`](crate::MAX_HQ_FILE_BYTES) are not read, and an order is
+/// rejected for a name a deploy could not use.
 pub fn load_headquarters(dir: &Path) -> Headquarters {
     let mut hq = Headquarters::default();
     let root = match open_root(dir) {

@@ -25,7 +25,9 @@ pub use diagnostic::Diagnostic;
 pub use env::parse_env_file;
 pub use headquarters::{load_headquarters, BrokenOrder, Headquarters, SETTINGS_FILE};
 pub use hq_file::{read_hq_bytes, read_hq_file, MAX_HQ_FILE_BYTES};
-pub use order::{parse_duration, parse_order, GitSource, Order, Publish};
+pub use order::{
+    parse_duration, parse_order, GitSource, Order, Publish, MAX_SERVICE_DEPTH, MAX_SERVICE_NAME,
+};
 
 #[cfg(test)]
 mod tests;

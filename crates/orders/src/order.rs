@@ -226,16 +226,92 @@ fn is_valid_ref(r: &str) -> bool {
         })
 }
 
-/// Whether a service name is safe to use in URLs, container names and log paths.
-fn is_valid_service(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('/').all(|part| {
-            !part.is_empty()
-                && !part.starts_with('.')
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+/// Longest service name: the container's hostname is the name with `/` as `_`, Linux
+/// refuses hostnames over 64 bytes, and 63 is also the longest DNS label.
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// Most `/`-separated parts in a service name (folders plus the file).
+pub const MAX_SERVICE_DEPTH: usize = 4;
+
+/// Whether one part of a service name is `[A-Za-z0-9][A-Za-z0-9_.-]*`.
+fn is_valid_part(part: &str) -> bool {
+    part.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `part` made valid: other chars become `-`, leading punctuation is dropped.
+fn fix_part(part: &str) -> String {
+    let fixed: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
         })
+        .collect();
+    let fixed = fixed.trim_start_matches(['-', '_', '.']);
+    if fixed.is_empty() {
+        "service".into()
+    } else {
+        fixed.to_string()
+    }
+}
+
+/// Whether a service name can be a hostname, a log folder and a container id;
+/// `Err((message, help))` says why not and how to rename the file.
+pub(crate) fn check_service_name(s: &str) -> Result<(), (String, String)> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let what = format!("invalid service name {} (from the file name)", quote(s));
+    let uses = "the name becomes the container's hostname, its log folder and the default URL";
+    if !parts.iter().all(|p| is_valid_part(p)) {
+        let fixed: Vec<String> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| fix_part(p))
+            .collect();
+        let example = if fixed.is_empty() {
+            "service".to_string()
+        } else {
+            fixed.join("/")
+        };
+        return Err((
+            what,
+            format!(
+                "rename the file (and folders) so each part starts with a letter or digit and has \
+                 only letters, digits, `-`, `_` and `.`, e.g. {}: {uses}",
+                quote(&format!("{example}.orders"))
+            ),
+        ));
+    }
+    if parts.len() > MAX_SERVICE_DEPTH {
+        let mut kept: Vec<&str> = parts[..MAX_SERVICE_DEPTH - 1].to_vec();
+        kept.extend(parts.last());
+        return Err((
+            format!(
+                "{what}: {} parts deep, at most {MAX_SERVICE_DEPTH}",
+                parts.len()
+            ),
+            format!(
+                "move the file up to at most {} folders deep, e.g. {}",
+                MAX_SERVICE_DEPTH - 1,
+                quote(&format!("{}.orders", kept.join("/")))
+            ),
+        ));
+    }
+    if s.len() > MAX_SERVICE_NAME {
+        return Err((
+            format!("{what}: {} characters, at most {MAX_SERVICE_NAME}", s.len()),
+            format!(
+                "rename the file or its folders to something shorter: {uses}, and Linux refuses \
+                 hostnames over 64 characters"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Span from the first to the last word of a line.
@@ -342,9 +418,10 @@ struct OrderParser<'a> {
 
 /// Parse one orders file. `service` and `path` are as in [`Order`]; every problem is returned.
 pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<Diagnostic>> {
+    let service_check = check_service_name(service);
     let mut p = OrderParser {
         service,
-        service_ok: is_valid_service(service),
+        service_ok: service_check.is_ok(),
         report: Report::new(path),
         autodeploy: None,
         autodeploy_line: None,
@@ -359,20 +436,10 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
         instances_line: None,
         instances: None,
     };
-    if !p.service_ok {
-        p.report.diags.push(
-            Diagnostic::file(
-                path,
-                format!(
-                    "invalid service name {} (from the file name)",
-                    quote(service)
-                ),
-            )
-            .with_help(
-                "name order files with letters, digits, `-`, `_` and `.` only, e.g. \
-                 `team/api.orders`: the name is used in URLs, container names and logs",
-            ),
-        );
+    if let Err((message, help)) = &service_check {
+        p.report
+            .diags
+            .push(Diagnostic::file(path, message.clone()).with_help(help.clone()));
     }
     for line in source_lines(text) {
         let Some(lexed) = p.report.lex(line) else {

@@ -1203,6 +1203,79 @@ fn files_over_one_mib_are_refused_without_reading_them() {
     );
 }
 
+// ---- service names a deploy can use -------------------------------------------------
+
+#[test]
+fn service_names_must_fit_a_hostname() {
+    let name_err = |name: &str| {
+        let path = PathBuf::from(format!("{name}.orders"));
+        parse_order(name, &path, ECHO).unwrap_err()[0].to_string()
+    };
+    assert_eq!(
+        name_err("team/my app"),
+        "team/my app.orders:1:1: error: invalid service name `team/my app` (from the file name)\n  \
+         = help: rename the file (and folders) so each part starts with a letter or digit and has \
+         only letters, digits, `-`, `_` and `.`, e.g. `team/my-app.orders`: the name becomes the \
+         container's hostname, its log folder and the default URL"
+    );
+    for bad in [
+        "-api", "_api", ".api", "team/-x", "a b", "naïve", "x:y", "a/", "",
+    ] {
+        let e = parse_order(bad, Path::new("x.orders"), ECHO).unwrap_err();
+        assert!(e[0].message.starts_with("invalid service name"), "{bad}");
+    }
+    assert!(name_err("-api").contains("e.g. `api.orders`"));
+
+    let longest = "a".repeat(MAX_SERVICE_NAME);
+    assert_eq!(MAX_SERVICE_NAME, 63);
+    assert!(parse_order(&longest, Path::new("x.orders"), ECHO).is_ok());
+    let nested = format!("t/{}", "b".repeat(61));
+    assert!(parse_order(&nested, Path::new("x.orders"), ECHO).is_ok());
+    let too_long = format!("team/{}", "b".repeat(59));
+    assert_eq!(
+        name_err(&too_long),
+        format!(
+            "{too_long}.orders:1:1: error: invalid service name `team/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb…` \
+             (from the file name): 64 characters, at most 63\n  = help: rename the file or its \
+             folders to something shorter: the name becomes the container's hostname, its log \
+             folder and the default URL, and Linux refuses hostnames over 64 characters"
+        )
+    );
+
+    assert!(parse_order("a/b/c/d", Path::new("x.orders"), ECHO).is_ok());
+    assert_eq!(
+        name_err("a/b/c/d/e"),
+        "a/b/c/d/e.orders:1:1: error: invalid service name `a/b/c/d/e` (from the file name): 5 \
+         parts deep, at most 4\n  = help: move the file up to at most 3 folders deep, e.g. \
+         `a/b/c/e.orders`"
+    );
+}
+
+#[test]
+fn headquarters_rejects_file_names_a_deploy_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "my app.orders", ECHO.as_bytes());
+    write(root, "a/b/c/d/e.orders", ECHO.as_bytes());
+    write(root, &format!("{}.orders", "x".repeat(64)), ECHO.as_bytes());
+    write(root, "ok.orders", ECHO.as_bytes());
+    let hq = load_headquarters(root);
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["ok"]);
+    let broken: Vec<_> = hq.broken.iter().map(|b| b.path.to_string_lossy()).collect();
+    assert_eq!(
+        broken,
+        [
+            "a/b/c/d/e.orders".to_string(),
+            "my app.orders".into(),
+            format!("{}.orders", "x".repeat(64))
+        ]
+    );
+    assert!(hq.errors[1]
+        .to_string()
+        .starts_with("my app.orders:1:1: error: invalid service name `my app`"));
+}
+
 #[test]
 fn folders_nested_too_deep_are_not_searched() {
     let dir = tempfile::tempdir().unwrap();
