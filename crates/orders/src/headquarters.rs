@@ -14,7 +14,7 @@ use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::Diagnostic;
-use crate::env::parse_env_file;
+use crate::env::{parse_env_file, EnvSize, E2BIG_HELP};
 use crate::hq_file::{
     kind_at, open_root, open_subdir, read_text_beneath, Kind, OpenDirError, SYMLINK_MESSAGE,
     WALK_SYMLINK_HELP,
@@ -200,7 +200,8 @@ struct Loaded {
 ///
 /// Nothing in it is followed out of `dir`: symlinks are refused, files over
 /// [`MAX_HQ_FILE_BYTES`](crate::MAX_HQ_FILE_BYTES) are not read, and an order is
-/// rejected for a name a deploy could not use.
+/// rejected for anything a deploy would reject (its name, its environment with
+/// `.starphleet`).
 pub fn load_headquarters(dir: &Path) -> Headquarters {
     let mut hq = Headquarters::default();
     let root = match open_root(dir) {
@@ -214,7 +215,13 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
     match read_text_beneath(root.as_fd(), settings_rel) {
         Ok(None) => {}
         Ok(Some(text)) => match parse_env_file(settings_rel, &text) {
-            Ok(settings) => hq.settings = settings,
+            Ok(settings) => match EnvSize::of(&settings).excess() {
+                Some(excess) => hq.errors.push(
+                    Diagnostic::file(settings_rel, excess.message())
+                        .with_help(format!("every service gets these variables; {E2BIG_HELP}")),
+                ),
+                None => hq.settings = settings,
+            },
             Err(diags) => hq.errors.extend(diags),
         },
         Err(d) => hq.errors.push(d),
@@ -238,6 +245,7 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
     }
     paths.sort();
 
+    let settings_size = EnvSize::of(&hq.settings);
     let mut loaded: Vec<Loaded> = paths
         .into_iter()
         .filter_map(|path| {
@@ -246,7 +254,13 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
                 // Listed a moment ago, gone now: it is deleted, not broken.
                 Ok(None) => return None,
                 Ok(Some(text)) => {
-                    let result = parse_order(&service, &path, &text);
+                    let result =
+                        parse_order(&service, &path, &text).and_then(
+                            |order| match merged_env_error(&order, &settings_size) {
+                                Some(d) => Err(vec![d]),
+                                None => Ok(order),
+                            },
+                        );
                     (text, result)
                 }
                 Err(d) => (String::new(), Err(vec![d])),
@@ -325,4 +339,26 @@ fn line_of(text: &str, line_no: usize) -> &str {
     source_lines(text)
         .nth(line_no.saturating_sub(1))
         .map_or("", |l| l.text)
+}
+
+/// The diagnostic if `.starphleet` and the order's env together are over a limit.
+fn merged_env_error(order: &Order, settings_size: &EnvSize) -> Option<Diagnostic> {
+    if settings_size.vars() == 0 {
+        return None;
+    }
+    let mut merged = settings_size.clone();
+    merged.add_all(&order.env);
+    let excess = merged.excess()?;
+    Some(
+        Diagnostic::file(
+            &order.path,
+            format!("with `.starphleet`, {}", excess.message()),
+        )
+        .with_help(format!(
+            "`.starphleet` gives every service {} variables ({} bytes) as well; remove some there \
+             or in this order. {E2BIG_HELP}",
+            settings_size.vars(),
+            settings_size.bytes()
+        )),
+    )
 }

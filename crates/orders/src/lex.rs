@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use crate::diagnostic::{quote, Diagnostic};
+use crate::env::{entry_bytes, MAX_ENV_ENTRY_BYTES};
 
 /// One line of a file, without its line ending.
 #[derive(Debug, Clone, Copy)]
@@ -393,6 +394,20 @@ pub(crate) fn parse_pairs(
                 name.span,
                 format!("invalid variable name {}", quote(&name.text)),
                 "names start with a letter or `_` and contain only letters, digits and `_`".into(),
+            );
+        } else if entry_bytes(&name.text, &value.text) > MAX_ENV_ENTRY_BYTES {
+            report.error(
+                line,
+                value.span,
+                format!(
+                    "variable {} is too long: {} bytes, at most {MAX_ENV_ENTRY_BYTES} (128 KiB, \
+                     counting KEY=VALUE plus one byte)",
+                    quote(&name.text),
+                    entry_bytes(&name.text, &value.text)
+                ),
+                "Linux refuses to start a process with a variable this long (\"argument list too \
+                 long\"), so the deploy would fail; pass large data to the app as a file"
+                    .into(),
             );
         } else {
             out.push((name.text, value.text));

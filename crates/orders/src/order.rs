@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::{quote, Diagnostic};
+use crate::env::{EnvSize, E2BIG_HELP};
 use crate::lex::{
     did_you_mean, parse_pairs, reject_extra, source_lines, Part, Report, SourceLine, Span, Word,
 };
@@ -414,6 +415,10 @@ struct OrderParser<'a> {
     drain: Option<Duration>,
     instances_line: Option<usize>,
     instances: Option<u32>,
+    /// The env so far, folded as the ship will.
+    env_size: EnvSize,
+    /// The line (number, text, span) where `env_size` last went over a limit, while it is over.
+    env_over: Option<(usize, String, Span)>,
 }
 
 /// Parse one orders file. `service` and `path` are as in [`Order`]; every problem is returned.
@@ -435,6 +440,8 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
         drain: None,
         instances_line: None,
         instances: None,
+        env_size: EnvSize::default(),
+        env_over: None,
     };
     if let Err((message, help)) = &service_check {
         p.report
@@ -457,7 +464,18 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
         match kw.text.to_lowercase().as_str() {
             "autodeploy" => p.autodeploy(line, words),
             "publish" => p.publish(line, words),
-            "export" | "env" => parse_pairs(&mut p.report, line, Some(kw), &words[1..], &mut p.env),
+            "export" | "env" => {
+                let before = p.env.len();
+                parse_pairs(&mut p.report, line, Some(kw), &words[1..], &mut p.env);
+                p.env_size.add_all(&p.env[before..]);
+                match (p.env_size.excess(), &p.env_over) {
+                    (Some(_), None) => {
+                        p.env_over = Some((line.number, line.text.to_string(), words_span(words)))
+                    }
+                    (None, Some(_)) => p.env_over = None,
+                    _ => {}
+                }
+            }
             "healthcheck" => p.healthcheck(line, words),
             "drain" => p.drain(line, words),
             "instances" => p.instances(line, words),
@@ -490,6 +508,14 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
                 "add a line `autodeploy <git url>`, e.g. `autodeploy https://github.com/wballard/echo.git`",
             ),
         );
+    }
+    if let (Some(excess), Some((number, text, span))) = (p.env_size.excess(), &p.env_over) {
+        let line = SourceLine {
+            number: *number,
+            text,
+        };
+        p.report
+            .error(line, *span, excess.message(), E2BIG_HELP.into());
     }
     let diags = p.report.finish();
     match p.autodeploy {

@@ -1296,3 +1296,127 @@ fn folders_nested_too_deep_are_not_searched() {
         )
     );
 }
+
+// ---- environment sizes a deploy can start -----------------------------------------------
+
+const E2BIG: &str = "Linux refuses to start a process with an environment this large \
+                     (\"argument list too long\"), so the deploy would fail; remove variables, or \
+                     pass large data to the app as a file";
+
+#[test]
+fn too_many_env_variables() {
+    let vars = |n: usize| {
+        (0..n)
+            .map(|i| format!("export V{i}=x\n"))
+            .collect::<String>()
+    };
+    assert_eq!(ok(&format!("{ECHO}{}", vars(MAX_ENV_VARS))).env.len(), 4096);
+    assert_eq!(
+        one(&format!("{ECHO}{}", vars(MAX_ENV_VARS + 1))),
+        format!(
+            "echo.orders:4098:1: error: too many environment variables: 4097, at most 4096\n     \
+             |\n4098 | export V4096=x\n     | ^^^^^^^^^^^^^^\n     = help: {E2BIG}"
+        )
+    );
+    // The ship folds repeats (later wins): they count once.
+    let repeats = "export SAME=x\n".repeat(MAX_ENV_VARS + 10);
+    assert_eq!(ok(&format!("{ECHO}{repeats}")).env.len(), 4106);
+}
+
+#[test]
+fn env_too_large_in_bytes() {
+    // 100000-byte values: five fit in 512 KiB, six do not.
+    let value = "v".repeat(100_000);
+    let lines = |n: usize| {
+        (0..n)
+            .map(|i| format!("export B{i}={value}\n"))
+            .collect::<String>()
+    };
+    assert!(parse(&format!("{ECHO}{}", lines(5))).is_ok());
+    let e = errs(&format!("{ECHO}{}", lines(6)));
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        (e[0].line, e[0].column, e[0].message.as_str()),
+        (
+            7,
+            1,
+            "environment too large: 600024 bytes, at most 524288 (512 KiB, counting each \
+             KEY=VALUE plus one byte)"
+        )
+    );
+    assert_eq!(e[0].help.as_deref(), Some(E2BIG));
+    // Overwriting a large value with a small one brings it back under: what counts is what runs.
+    assert!(parse(&format!("{ECHO}{}export B0=small\n", lines(6))).is_ok());
+}
+
+#[test]
+fn one_env_variable_too_long() {
+    // `X=` + value + NUL: 131072 bytes is Linux's limit for one variable.
+    let fits = "v".repeat(MAX_ENV_ENTRY_BYTES - 3);
+    assert!(parse(&format!("{ECHO}export X={fits}\n")).is_ok());
+    let e = errs(&format!("{ECHO}export X={fits}v\n"));
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        (e[0].line, e[0].column, e[0].width),
+        (2, 10, MAX_ENV_ENTRY_BYTES - 2)
+    );
+    assert_eq!(
+        e[0].message,
+        "variable `X` is too long: 131073 bytes, at most 131072 (128 KiB, counting KEY=VALUE plus \
+         one byte)"
+    );
+    // The app's `Starphleet` and env files go into the same environment.
+    let app = parse_app(Path::new("Starphleet"), &format!("export X={fits}vv\n")).unwrap_err();
+    assert!(app[0].message.starts_with("variable `X` is too long"));
+}
+
+#[test]
+fn env_limits_count_starphleet_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let vars = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("export {prefix}{i}=x\n"))
+            .collect::<String>()
+    };
+    write(root, ".starphleet", vars("S", 3000).as_bytes());
+    write(
+        root,
+        "small.orders",
+        format!("{ECHO}{}", vars("O", 1000)).as_bytes(),
+    );
+    write(
+        root,
+        "big.orders",
+        format!("{ECHO}{}", vars("O", 1100)).as_bytes(),
+    );
+    // Overriding `.starphleet`'s variables adds nothing.
+    write(
+        root,
+        "same.orders",
+        format!("{ECHO}{}", vars("S", 3000)).as_bytes(),
+    );
+    let hq = load_headquarters(root);
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["same", "small"]);
+    assert_eq!(hq.settings.len(), 3000);
+    assert_eq!(
+        hq.render_errors(),
+        format!(
+            "big.orders:1:1: error: with `.starphleet`, too many environment variables: 4100, at \
+             most 4096\n  = help: `.starphleet` gives every service 3000 variables (22890 bytes) \
+             as well; remove some there or in this order. {E2BIG}\n"
+        )
+    );
+
+    write(root, ".starphleet", vars("S", 4097).as_bytes());
+    let hq = load_headquarters(root);
+    assert!(hq.settings_broken());
+    assert_eq!(
+        hq.errors[0].to_string(),
+        format!(
+            ".starphleet:1:1: error: too many environment variables: 4097, at most 4096\n  = \
+             help: every service gets these variables; {E2BIG}"
+        )
+    );
+}
