@@ -20,7 +20,7 @@ use crate::hq_file::{
     WALK_SYMLINK_HELP,
 };
 use crate::lex::{source_lines, split_words, Span};
-use crate::order::{parse_order, words_span, Order, MAX_SERVICE_DEPTH};
+use crate::order::{parse_order, public_port_span, words_span, Order, MAX_SERVICE_DEPTH};
 
 /// The phleet-wide settings file at the HQ root.
 pub const SETTINGS_FILE: &str = ".starphleet";
@@ -196,13 +196,26 @@ struct Loaded {
     result: Result<Order, Vec<Diagnostic>>,
 }
 
+/// What a ship knows about itself that orders must respect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HqOptions {
+    /// Ports no order may publish on, each with what holds it, e.g.
+    /// `(9797, "the ship's admin endpoint (--admin)")`.
+    pub reserved_ports: Vec<(u16, String)>,
+}
+
+/// Load a whole HQ checkout with no reserved ports; see [`load_headquarters_with`].
+pub fn load_headquarters(dir: &Path) -> Headquarters {
+    load_headquarters_with(dir, &HqOptions::default())
+}
+
 /// Load a whole HQ checkout: never fails, every problem becomes a diagnostic.
 ///
 /// Nothing in it is followed out of `dir`: symlinks are refused, files over
 /// [`MAX_HQ_FILE_BYTES`](crate::MAX_HQ_FILE_BYTES) are not read, and an order is
 /// rejected for anything a deploy would reject (its name, its environment with
-/// `.starphleet`).
-pub fn load_headquarters(dir: &Path) -> Headquarters {
+/// `.starphleet`, a port in `opts.reserved_ports`).
+pub fn load_headquarters_with(dir: &Path, opts: &HqOptions) -> Headquarters {
     let mut hq = Headquarters::default();
     let root = match open_root(dir) {
         Ok(root) => root,
@@ -254,13 +267,15 @@ pub fn load_headquarters(dir: &Path) -> Headquarters {
                 // Listed a moment ago, gone now: it is deleted, not broken.
                 Ok(None) => return None,
                 Ok(Some(text)) => {
-                    let result =
-                        parse_order(&service, &path, &text).and_then(
-                            |order| match merged_env_error(&order, &settings_size) {
-                                Some(d) => Err(vec![d]),
-                                None => Ok(order),
-                            },
-                        );
+                    let result = parse_order(&service, &path, &text).and_then(|order| {
+                        let mut errors = reserved_port_errors(&order, &text, opts);
+                        errors.extend(merged_env_error(&order, &settings_size));
+                        if errors.is_empty() {
+                            Ok(order)
+                        } else {
+                            Err(errors)
+                        }
+                    });
                     (text, result)
                 }
                 Err(d) => (String::new(), Err(vec![d])),
@@ -339,6 +354,44 @@ fn line_of(text: &str, line_no: usize) -> &str {
     source_lines(text)
         .nth(line_no.saturating_sub(1))
         .map_or("", |l| l.text)
+}
+
+/// Every `publish` of `order` on a reserved port, as a diagnostic on its line.
+fn reserved_port_errors(order: &Order, text: &str, opts: &HqOptions) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for p in &order.publish {
+        let Some((_, why)) = opts
+            .reserved_ports
+            .iter()
+            .find(|(port, _)| *port == p.public)
+        else {
+            continue;
+        };
+        let line = line_of(text, p.span_line);
+        let (span, port) = match public_port_span(line) {
+            Some(span) => (span, format!("public port {}", p.public)),
+            None => (
+                split_words(line).map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words)),
+                format!("public port {} (the default `--public`)", p.public),
+            ),
+        };
+        out.push(
+            Diagnostic::at(
+                &order.path,
+                p.span_line,
+                span.col,
+                span.width,
+                line,
+                format!("{port} is reserved for {why}"),
+            )
+            .with_help(format!(
+                "publish this service on another port with `--public PORT`; the ship cannot \
+                 listen on {} twice",
+                p.public
+            )),
+        );
+    }
+    out
 }
 
 /// The diagnostic if `.starphleet` and the order's env together are over a limit.

@@ -23,7 +23,9 @@ mod order;
 pub use app::{parse_app, parse_procfile, AppSpec};
 pub use diagnostic::Diagnostic;
 pub use env::{parse_env_file, MAX_ENV_BYTES, MAX_ENV_ENTRY_BYTES, MAX_ENV_VARS};
-pub use headquarters::{load_headquarters, BrokenOrder, Headquarters, SETTINGS_FILE};
+pub use headquarters::{
+    load_headquarters, load_headquarters_with, BrokenOrder, Headquarters, HqOptions, SETTINGS_FILE,
+};
 pub use hq_file::{read_hq_bytes, read_hq_file, MAX_HQ_FILE_BYTES};
 pub use order::{
     parse_duration, parse_order, GitSource, Order, Publish, MAX_SERVICE_DEPTH, MAX_SERVICE_NAME,

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{quote, Diagnostic};
 use crate::env::{EnvSize, E2BIG_HELP};
 use crate::lex::{
-    did_you_mean, parse_pairs, reject_extra, source_lines, Part, Report, SourceLine, Span, Word,
+    did_you_mean, parse_pairs, reject_extra, source_lines, split_words, Part, Report, SourceLine,
+    Span, Word,
 };
 
 /// Where an order's app comes from: `autodeploy URL[#ref]`.
@@ -324,6 +325,23 @@ pub(crate) fn words_span(words: &[Word]) -> Span {
         },
         _ => Span { col: 1, width: 1 },
     }
+}
+
+/// Where the `--public` value is written on a `publish` line; `None` if it is not (default 80).
+pub(crate) fn public_port_span(line: &str) -> Option<Span> {
+    let words = split_words(line).ok()?.words;
+    let mut i = 1;
+    while i < words.len() {
+        if !words[i].text.starts_with("--") {
+            i += 1;
+            continue;
+        }
+        let flag = take_flag(&words, &mut i);
+        if flag.lower == "--public" {
+            return flag.value.map(|v| v.span);
+        }
+    }
+    None
 }
 
 /// Report an unknown keyword with the best hint we have.

@@ -1420,3 +1420,72 @@ fn env_limits_count_starphleet_too() {
         )
     );
 }
+
+// ---- ports the ship holds ---------------------------------------------------------------
+
+#[test]
+fn reserved_ports_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "admin.orders",
+        format!("{ECHO}publish --private 3000 --public 9797\n").as_bytes(),
+    );
+    write(
+        root,
+        "eq.orders",
+        format!("{ECHO}publish --private 3000 --PUBLIC=9797 --url /eq\n").as_bytes(),
+    );
+    write(
+        root,
+        "web.orders",
+        format!("{ECHO}# default port\npublish --private 3000\n").as_bytes(),
+    );
+    write(
+        root,
+        "fine.orders",
+        format!("{ECHO}publish --private 9797 --public 8080\n").as_bytes(),
+    );
+    let opts = HqOptions {
+        reserved_ports: vec![
+            (9797, "the ship's admin endpoint (--admin)".into()),
+            (80, "the test's own server".into()),
+        ],
+    };
+    let hq = load_headquarters_with(root, &opts);
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["fine"]);
+    let help = |port: u16| {
+        format!(
+            "  = help: publish this service on another port with `--public PORT`; the ship \
+             cannot listen on {port} twice"
+        )
+    };
+    let carets_at_33 = format!("  | {}^^^^", " ".repeat(32));
+    let admin = "the ship's admin endpoint (--admin)";
+    assert_eq!(
+        hq.render_errors(),
+        [
+            format!(
+                "admin.orders:2:33: error: public port 9797 is reserved for {admin}\n  |\n\
+                 2 | publish --private 3000 --public 9797\n{carets_at_33}\n{}",
+                help(9797)
+            ),
+            format!(
+                "eq.orders:2:33: error: public port 9797 is reserved for {admin}\n  |\n\
+                 2 | publish --private 3000 --PUBLIC=9797 --url /eq\n{carets_at_33}\n{}",
+                help(9797)
+            ),
+            format!(
+                "web.orders:3:1: error: public port 80 (the default `--public`) is reserved for \
+                 the test's own server\n  |\n3 | publish --private 3000\n  | {}\n{}\n",
+                "^".repeat(22),
+                help(80)
+            ),
+        ]
+        .join("\n\n")
+    );
+    // Without options nothing is reserved.
+    assert_eq!(load_headquarters(root).orders.len(), 4);
+}

@@ -58,12 +58,15 @@ enum Command {
     },
     /// Validate an HQ checkout; prints compiler-style errors and exits 1 if any.
     #[command(
-        after_help = "Examples:\n  starphleet check              # the current directory\n  starphleet check ~/src/hq"
+        after_help = "Examples:\n  starphleet check              # the current directory\n  starphleet check ~/src/hq\n  starphleet check --admin-port 9000 ~/src/hq"
     )]
     Check {
         /// The HQ checkout to check.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// The port of the ships' admin endpoint (`starphleet ship --admin`): no order may publish on it.
+        #[arg(long, value_name = "PORT", default_value_t = 9797, value_parser = clap::value_parser!(u16).range(1..))]
+        admin_port: u16,
     },
     /// Show services, versions, containers, health and recent deploys.
     #[command(
@@ -192,7 +195,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { dir } => Ok(check(&dir)),
+        Command::Check { dir, admin_port } => Ok(check(&dir, admin_port)),
         Command::Headquarters { url, state_dir } => {
             let layout = Layout::new(&state_dir);
             match url {
@@ -368,7 +371,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "ship".into())
 }
 
-fn check(dir: &Path) -> ExitCode {
+fn check(dir: &Path, admin_port: u16) -> ExitCode {
     if !dir.is_dir() {
         eprintln!(
             "{}: error: not a directory; pass the path of an HQ checkout",
@@ -376,7 +379,13 @@ fn check(dir: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let hq = starphleet_orders::load_headquarters(dir);
+    let opts = starphleet_orders::HqOptions {
+        reserved_ports: vec![(
+            admin_port,
+            "the ship's admin endpoint (`starphleet ship --admin`)".into(),
+        )],
+    };
+    let hq = starphleet_orders::load_headquarters_with(dir, &opts);
     if hq.errors.is_empty() {
         println!(
             "{}: {} order{} OK",
