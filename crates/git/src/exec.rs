@@ -36,7 +36,10 @@ pub(crate) fn spawn(cmd: &mut Command) -> io::Result<Child> {
 /// Collects the child's output as it comes (a full pipe never stalls it) and waits for it
 /// until `timeout`. Past that its whole process group is SIGKILLed and reaped: `Ok(None)`.
 pub(crate) fn collect(mut child: Child, timeout: Duration) -> io::Result<Option<Finished>> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too large to represent means "practically never".
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
     let group = Pid::from_child(&child);
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
