@@ -156,8 +156,11 @@ impl Builder {
                 stdout: req.log.to_path_buf(),
                 stderr: req.log.to_path_buf(),
                 readonly_app: false,
+                limits: Default::default(),
             };
-            let code = self.runtime.run_to_completion(&spec);
+            let code = self
+                .runtime
+                .run_to_completion(&spec, std::time::Duration::from_secs(15 * 60));
             let _ = std::fs::remove_dir_all(&bundle);
             let code = code.with_context(|| format!("running build step `{line}`"))?;
             if code != 0 {

@@ -550,6 +550,7 @@ async fn start_container(
         stdout: record.stdout.clone(),
         stderr: record.stderr.clone(),
         readonly_app: false,
+        limits: Default::default(),
     };
     let runtime = ship.runtime.clone();
     let pid = tokio::task::spawn_blocking(move || runtime.start(&spec))
