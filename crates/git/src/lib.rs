@@ -245,11 +245,6 @@ impl Git {
         self
     }
 
-    /// The timeouts in force.
-    pub fn timeouts(&self) -> GitTimeouts {
-        self.timeouts
-    }
-
     fn command(&self) -> Result<Command> {
         let mut cmd = Command::new("git");
         cmd.stdin(Stdio::null())

@@ -54,11 +54,6 @@ impl Runtime {
         }
     }
 
-    /// The runtime's `--root` state dir.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Runs `<binary> --version` and returns its first line.
     pub fn check(&self) -> Result<String> {
         let mut cmd = Command::new(&self.binary);
