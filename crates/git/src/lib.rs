@@ -289,7 +289,14 @@ impl Git {
 
     /// Runs a prepared command under the timeout of `kind`; `what` names it in errors.
     fn finish(&self, kind: Kind, mut cmd: Command, what: String) -> Result<Vec<u8>> {
-        let child = exec::spawn(&mut cmd).map_err(GitError::Missing)?;
+        let child = exec::spawn(&mut cmd).map_err(|cause| match cmd.get_current_dir() {
+            // A missing working dir fails the spawn just like a missing git would.
+            Some(dir) if !dir.is_dir() => GitError::Io {
+                what: format!("running `{what}` in {}", dir.display()),
+                cause,
+            },
+            _ => GitError::Missing(cause),
+        })?;
         let after = self.timeout(kind);
         let ran = exec::collect(child, after).map_err(|cause| GitError::Io {
             what: format!("waiting for `{what}`"),
@@ -561,6 +568,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("git ls-remote"), "{err}");
+        let err = g
+            .read_file(&tmp.path().join("no-such-mirror"), &first, "a.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-mirror"), "{err}");
+        assert!(!err.contains("install"), "{err}");
     }
 
     #[test]

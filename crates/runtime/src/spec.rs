@@ -140,6 +140,12 @@ impl ContainerSpec {
                 self.id
             ));
         }
+        if self.user.0 == 0 {
+            return invalid(format!(
+                "container {}: user {:?} must be a non-root uid (apps never run as root)",
+                self.id, self.user
+            ));
+        }
         if self.args.is_empty() {
             return invalid(format!(
                 "container {}: no command to run (args is empty)",
@@ -739,6 +745,9 @@ mod tests {
         let mut s = spec();
         s.id = "bad id".into();
         assert!(s.validate().is_err());
+        let mut s = spec();
+        s.user = (0, 0);
+        assert!(s.validate().unwrap_err().to_string().contains("non-root"));
     }
 
     #[test]
