@@ -4,13 +4,17 @@
 //! form git accepts (`file://`, `https://`, `ssh://`, `git@host:path`) and
 //! every credential setup the operator already has keeps working.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+mod exec;
 
 /// A failed git operation, with what git itself said.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +38,56 @@ pub enum GitError {
         /// The reference that was asked for.
         reference: String,
     },
+    /// git did not finish in time; it and every helper it started were killed.
+    #[error("{what} timed out after {}; check that the remote is reachable, or raise the git timeouts", humantime::format_duration(*after))]
+    TimedOut {
+        /// What was attempted, e.g. "git ls-remote https://example.com/app.git".
+        what: String,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// A local file operation around git failed.
+    #[error("{what}: {cause}")]
+    Io {
+        /// What was attempted, naming the path, e.g. "creating /var/lib/starphleet/git".
+        what: String,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// The ssh key or known_hosts path cannot be put into a shell command.
+    #[error("ssh path {path:?} contains a NUL byte; move the file to a plain path")]
+    SshPath {
+        /// The offending path.
+        path: PathBuf,
+    },
 }
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, GitError>;
+
+/// How long each kind of git command may run before it is killed.
+///
+/// Each git process gets its own timeout: an operation that runs several (e.g. a fetch
+/// that falls back to fetching one commit) can take a multiple of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GitTimeouts {
+    /// `git ls-remote` (resolving a ref), default 15 s.
+    pub ls_remote: Duration,
+    /// `git fetch` of a mirror or checkout, default 10 min.
+    pub fetch: Duration,
+    /// Commands that touch only local repositories (export, read_file, reset, ...), default 60 s.
+    pub local: Duration,
+}
+
+impl Default for GitTimeouts {
+    fn default() -> Self {
+        GitTimeouts {
+            ls_remote: Duration::from_secs(15),
+            fetch: Duration::from_secs(10 * 60),
+            local: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The ssh identity used for private repositories.
 #[derive(Clone, Debug)]
@@ -52,6 +102,7 @@ pub struct SshIdentity {
 #[derive(Clone, Debug, Default)]
 pub struct Git {
     ssh: Option<SshIdentity>,
+    timeouts: GitTimeouts,
 }
 
 /// Why the ssh key in the state dir cannot be used.
@@ -135,36 +186,89 @@ pub fn is_full_sha(reference: &str) -> bool {
     reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Which timeout of [`GitTimeouts`] a command runs under.
+#[derive(Clone, Copy)]
+enum Kind {
+    LsRemote,
+    Fetch,
+    Local,
+}
+
+/// Quotes `word` (made from `path`) for the shell that runs `GIT_SSH_COMMAND`: git hands
+/// that command to `sh -c`.
+fn shell_quoted(word: &[u8], path: &Path) -> Result<OsString> {
+    shlex::bytes::try_quote(word)
+        .map(|q| OsString::from_vec(q.into_owned()))
+        .map_err(|_| GitError::SshPath {
+            path: path.to_path_buf(),
+        })
+}
+
+/// The `GIT_SSH_COMMAND` for `ssh`: no prompts, new host keys accepted and remembered.
+fn ssh_command(ssh: Option<&SshIdentity>) -> Result<OsString> {
+    let mut cmd = OsString::from("ssh");
+    if let Some(id) = ssh {
+        cmd.push(" -i ");
+        cmd.push(shell_quoted(id.key.as_os_str().as_bytes(), &id.key)?);
+        cmd.push(" -o IdentitiesOnly=yes");
+    }
+    cmd.push(" -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
+    if let Some(id) = ssh {
+        // ssh splits this option's value at spaces into several files unless it is in
+        // double quotes (with `\` and `"` escaped); the shell must then keep it one word.
+        let mut value = b"UserKnownHostsFile=\"".to_vec();
+        for &b in id.known_hosts.as_os_str().as_bytes() {
+            if b == b'"' || b == b'\\' {
+                value.push(b'\\');
+            }
+            value.push(b);
+        }
+        value.push(b'"');
+        cmd.push(" -o ");
+        cmd.push(shell_quoted(&value, &id.known_hosts)?);
+    }
+    Ok(cmd)
+}
+
 impl Git {
-    /// A git runner; `ssh` is the identity for private repositories, if any.
+    /// A git runner with the default timeouts; `ssh` is the identity for private repositories, if any.
     pub fn new(ssh: Option<SshIdentity>) -> Self {
-        Git { ssh }
+        Git {
+            ssh,
+            timeouts: GitTimeouts::default(),
+        }
     }
 
-    fn command(&self) -> Command {
+    /// The same runner with other timeouts.
+    pub fn with_timeouts(mut self, timeouts: GitTimeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    fn command(&self) -> Result<Command> {
         let mut cmd = Command::new("git");
         cmd.stdin(Stdio::null())
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "/bin/false")
-            .env("LC_ALL", "C");
-        let ssh = match &self.ssh {
-            Some(id) => format!(
-                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
-                id.key.display(),
-                id.known_hosts.display()
-            ),
-            None => "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new".to_string(),
-        };
-        cmd.env("GIT_SSH_COMMAND", ssh);
-        cmd
+            .env("LC_ALL", "C")
+            .env("GIT_SSH_COMMAND", ssh_command(self.ssh.as_ref())?);
+        Ok(cmd)
     }
 
-    fn run<I, S>(&self, dir: Option<&Path>, args: I) -> Result<Output>
+    fn timeout(&self, kind: Kind) -> Duration {
+        match kind {
+            Kind::LsRemote => self.timeouts.ls_remote,
+            Kind::Fetch => self.timeouts.fetch,
+            Kind::Local => self.timeouts.local,
+        }
+    }
+
+    fn run<I, S>(&self, kind: Kind, dir: Option<&Path>, args: I) -> Result<Vec<u8>>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
@@ -173,17 +277,37 @@ impl Git {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         cmd.args(&args);
-        let out = cmd.output().map_err(GitError::Missing)?;
+        let what = format!(
+            "git {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        self.finish(kind, cmd, what)
+    }
+
+    /// Runs a prepared command under the timeout of `kind`; `what` names it in errors.
+    fn finish(&self, kind: Kind, mut cmd: Command, what: String) -> Result<Vec<u8>> {
+        let child = exec::spawn(&mut cmd).map_err(|cause| match cmd.get_current_dir() {
+            // A missing working dir fails the spawn just like a missing git would.
+            Some(dir) if !dir.is_dir() => GitError::Io {
+                what: format!("running `{what}` in {}", dir.display()),
+                cause,
+            },
+            _ => GitError::Missing(cause),
+        })?;
+        let after = self.timeout(kind);
+        let ran = exec::collect(child, after).map_err(|cause| GitError::Io {
+            what: format!("waiting for `{what}`"),
+            cause,
+        })?;
+        let Some(out) = ran else {
+            return Err(GitError::TimedOut { what, after });
+        };
         if out.status.success() {
-            Ok(out)
+            Ok(out.stdout)
         } else {
-            let what = format!(
-                "git {}",
-                args.iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
             Err(GitError::Failed {
                 what,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -199,8 +323,8 @@ impl Git {
                 return Ok(r.to_ascii_lowercase());
             }
         }
-        let out = self.run(None, ["ls-remote", url])?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let out = self.run(Kind::LsRemote, None, ["ls-remote", url])?;
+        let text = String::from_utf8_lossy(&out);
         let refs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('\t')).collect();
         let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(s, _)| *s);
         let found = match reference {
@@ -222,20 +346,19 @@ impl Git {
     pub fn fetch_commit(&self, url: &str, dir: &Path, commit: &str) -> Result<()> {
         if !dir.join("HEAD").exists() {
             if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| GitError::Failed {
-                    what: format!("create {}", parent.display()),
-                    stderr: e.to_string(),
-                })?;
+                create_dir_all(parent)?;
             }
             self.run(
+                Kind::Local,
                 None,
                 [OsStr::new("init"), OsStr::new("--bare"), dir.as_os_str()],
             )?;
         }
-        if self.has_commit(dir, commit) {
+        if self.contains(dir, commit)? {
             return Ok(());
         }
         self.run(
+            Kind::Fetch,
             Some(dir),
             [
                 "fetch",
@@ -247,71 +370,72 @@ impl Git {
                 "+refs/heads/*:refs/heads/*",
             ],
         )?;
-        if self.has_commit(dir, commit) {
+        if self.contains(dir, commit)? {
             return Ok(());
         }
         // Not on any branch or tag: ask for the commit itself (servers that allow it).
-        self.run(Some(dir), ["fetch", "--quiet", url, commit])?;
+        self.run(Kind::Fetch, Some(dir), ["fetch", "--quiet", url, commit])?;
         Ok(())
     }
 
-    /// True when the repository at `dir` has `commit`.
+    /// True when the repository at `dir` has `commit` (false also when git cannot tell).
     pub fn has_commit(&self, dir: &Path, commit: &str) -> bool {
-        self.run(
-            Some(dir),
-            ["cat-file", "-e", &format!("{commit}^{{commit}}")],
-        )
-        .is_ok()
+        self.contains(dir, commit).unwrap_or(false)
+    }
+
+    /// Whether `dir` has `commit`; a git that hangs or cannot run is an error, not a "no".
+    fn contains(&self, dir: &Path, commit: &str) -> Result<bool> {
+        self.exists(dir, &format!("{commit}^{{commit}}"))
+    }
+
+    /// `git cat-file -e <object>`: a failure means "no such object".
+    fn exists(&self, dir: &Path, object: &str) -> Result<bool> {
+        match self.run(Kind::Local, Some(dir), ["cat-file", "-e", object]) {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The contents of `path` at `commit`, or `None` when the file does not exist there.
     pub fn read_file(&self, dir: &Path, commit: &str, path: &str) -> Result<Option<Vec<u8>>> {
         let spec = format!("{commit}:{path}");
-        if self.run(Some(dir), ["cat-file", "-e", &spec]).is_err() {
+        if !self.exists(dir, &spec)? {
             return Ok(None);
         }
-        Ok(Some(
-            self.run(Some(dir), ["cat-file", "blob", &spec])?.stdout,
-        ))
+        Ok(Some(self.run(
+            Kind::Local,
+            Some(dir),
+            ["cat-file", "blob", &spec],
+        )?))
     }
 
     /// Writes the tree of `commit` into `dest` (created if missing) without any `.git`.
     pub fn export(&self, dir: &Path, commit: &str, dest: &Path) -> Result<()> {
-        let io = |e: std::io::Error| GitError::Failed {
-            what: format!("export {commit} to {}", dest.display()),
-            stderr: e.to_string(),
-        };
-        std::fs::create_dir_all(dest).map_err(io)?;
+        create_dir_all(dest)?;
         // A private index keeps the mirror untouched by the checkout.
         let index = dest.with_extension("index");
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.current_dir(dir)
             .env("GIT_INDEX_FILE", &index)
             .arg("--work-tree")
             .arg(dest)
             .args(["checkout", "--force", commit, "--", "."]);
-        let out = cmd.output().map_err(GitError::Missing)?;
+        let what = format!("git checkout {commit} into {}", dest.display());
+        let result = self.finish(Kind::Local, cmd, what);
         let _ = std::fs::remove_file(&index);
-        if !out.status.success() {
-            return Err(GitError::Failed {
-                what: format!("git checkout {commit} into {}", dest.display()),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        result.map(drop)
     }
 
     /// Brings the working checkout at `dir` to exactly `commit` of `url` (used for HQ).
     pub fn checkout(&self, url: &str, dir: &Path, commit: &str) -> Result<()> {
         if !dir.join(".git").exists() {
-            std::fs::create_dir_all(dir).map_err(|e| GitError::Failed {
-                what: format!("create {}", dir.display()),
-                stderr: e.to_string(),
-            })?;
-            self.run(Some(dir), ["init", "--quiet"])?;
+            create_dir_all(dir)?;
+            self.run(Kind::Local, Some(dir), ["init", "--quiet"])?;
         }
-        if !self.has_commit(dir, commit) {
+        if !self.contains(dir, commit)? {
             self.run(
+                Kind::Fetch,
                 Some(dir),
                 [
                     "fetch",
@@ -321,25 +445,43 @@ impl Git {
                     "+refs/heads/*:refs/remotes/origin/*",
                 ],
             )?;
-            if !self.has_commit(dir, commit) {
-                self.run(Some(dir), ["fetch", "--quiet", url, commit])?;
+            if !self.contains(dir, commit)? {
+                self.run(Kind::Fetch, Some(dir), ["fetch", "--quiet", url, commit])?;
             }
         }
-        self.run(Some(dir), ["reset", "--quiet", "--hard", commit])?;
-        self.run(Some(dir), ["clean", "--quiet", "-fdx"])?;
+        self.run(
+            Kind::Local,
+            Some(dir),
+            ["reset", "--quiet", "--hard", commit],
+        )?;
+        self.run(Kind::Local, Some(dir), ["clean", "--quiet", "-fdx"])?;
         Ok(())
     }
 
     /// The commit currently checked out at `dir`, if any.
     pub fn head(&self, dir: &Path) -> Option<String> {
-        let out = self.run(Some(dir), ["rev-parse", "HEAD"]).ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let out = self
+            .run(Kind::Local, Some(dir), ["rev-parse", "HEAD"])
+            .ok()?;
+        Some(String::from_utf8_lossy(&out).trim().to_string())
     }
+}
+
+fn create_dir_all(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|cause| GitError::Io {
+        what: format!("creating {}", dir.display()),
+        cause,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
 
     fn git(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
@@ -426,6 +568,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("git ls-remote"), "{err}");
+        let err = g
+            .read_file(&tmp.path().join("no-such-mirror"), &first, "a.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-mirror"), "{err}");
+        assert!(!err.contains("install"), "{err}");
     }
 
     #[test]
@@ -448,5 +596,231 @@ mod tests {
         assert!(a.starts_with("echo-"), "{a}");
         assert_eq!(a, cache_name("https://github.com/wballard/echo.git"));
         assert_ne!(a, cache_name("git@github.com:wballard/echo.git"));
+    }
+
+    #[test]
+    fn large_files_are_read_whole() {
+        let (tmp, _, _) = repo_with_commits();
+        let src = tmp.path().join("src");
+        // Far beyond a pipe's buffer: git blocks on a full pipe unless it is drained as it writes.
+        let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-q", "-m", "big"]);
+        let commit = git(&src, &["rev-parse", "HEAD"]);
+        let g = Git::default();
+        let got = g.read_file(&src, &commit, "big.bin").unwrap().unwrap();
+        assert!(got == big, "read {} of {} bytes", got.len(), big.len());
+    }
+
+    #[test]
+    fn ssh_command_keeps_paths_with_spaces_and_quotes_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("my keys/it's \"here\"");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("id ed25519");
+        std::fs::write(&key, "").unwrap();
+        let known_hosts = dir.join("known \\ hosts");
+        let id = SshIdentity {
+            key: key.clone(),
+            known_hosts: known_hosts.clone(),
+        };
+        let cmd = ssh_command(Some(&id)).unwrap();
+
+        // git runs the command with `sh -c`: see which words a real shell makes of it.
+        let mut script = OsString::from("printf '%s\\n' ");
+        script.push(&cmd);
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let words: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let kh = known_hosts
+            .to_str()
+            .unwrap()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        let expected = [
+            "ssh".to_string(),
+            "-i".into(),
+            key.to_str().unwrap().into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=accept-new".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile=\"{kh}\""),
+        ];
+        assert_eq!(words, expected, "{cmd:?}");
+
+        // And ssh itself reads both paths back intact (-G prints its config, connecting nowhere).
+        let mut script = cmd.clone();
+        script.push(" -G example.invalid");
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let config = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = config.lines().collect();
+        let want_key = format!("identityfile {}", key.display());
+        let want_kh = format!("userknownhostsfile {}", known_hosts.display());
+        assert!(
+            lines.contains(&want_key.as_str()),
+            "{want_key} not in\n{config}"
+        );
+        assert!(
+            lines.contains(&want_kh.as_str()),
+            "{want_kh} not in\n{config}"
+        );
+
+        let plain = ssh_command(None).unwrap();
+        assert_eq!(
+            plain,
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+        );
+    }
+
+    /// A loopback TCP server that accepts connections and never answers, like a hung remote.
+    struct SilentServer {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl SilentServer {
+        fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut held: Vec<TcpStream> = Vec::new();
+                while !flag.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((conn, _)) => held.push(conn),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            SilentServer {
+                addr,
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for SilentServer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Live (non-zombie) processes: (pid, process group, state, command line).
+    fn processes() -> Vec<(u32, u32, char, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let state = fields[0].chars().next().unwrap_or('?');
+            let pgrp = fields[2].parse().unwrap_or(0);
+            let cmdline = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            if state != 'Z' {
+                out.push((pid, pgrp, state, cmdline));
+            }
+        }
+        out
+    }
+
+    /// Runs `call` while recording every process whose command line mentions `needle`.
+    fn watching<T>(needle: &str, call: impl FnOnce() -> T) -> (T, Vec<(u32, u32, char, String)>) {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    for p in processes() {
+                        if p.3.contains(needle)
+                            && !seen.iter().any(|q: &(u32, u32, char, String)| q.0 == p.0)
+                        {
+                            seen.push(p);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen
+            });
+            let result = call();
+            done.store(true, Ordering::SeqCst);
+            (result, watcher.join().unwrap())
+        })
+    }
+
+    #[test]
+    fn a_remote_that_never_answers_times_out_and_leaves_no_process() {
+        let server = SilentServer::start();
+        let url = format!("http://{}/app.git", server.addr);
+        let g = Git::default().with_timeouts(GitTimeouts {
+            ls_remote: Duration::from_secs(1),
+            fetch: Duration::from_millis(1500),
+            ..GitTimeouts::default()
+        });
+
+        let t = Instant::now();
+        let (result, seen) = watching(&url, || g.resolve(&url, None));
+        let elapsed = t.elapsed();
+        let err = result.unwrap_err();
+        assert!(matches!(err, GitError::TimedOut { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("git ls-remote {url} timed out after 1s")),
+            "{msg}"
+        );
+        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+
+        // git ran its http helper in a process group of its own, and that whole group is gone.
+        assert!(
+            seen.iter().any(|p| p.3.contains("remote-http")),
+            "the http helper should have been seen: {seen:?}"
+        );
+        let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        let groups: HashSet<u32> = seen.iter().map(|p| p.1).collect();
+        assert!(!groups.contains(&own_group), "{seen:?}");
+        let left: Vec<_> = processes()
+            .into_iter()
+            .filter(|p| groups.contains(&p.1))
+            .collect();
+        assert!(left.is_empty(), "still running: {left:?}");
+
+        // A fetch from it is bounded too, by the fetch timeout.
+        let tmp = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let err = g
+            .fetch_commit(&url, &tmp.path().join("mirror.git"), &"a".repeat(40))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("timed out after 1s 500ms"),
+            "{err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

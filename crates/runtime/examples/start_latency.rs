@@ -28,7 +28,7 @@ impl Drop for Cleanup {
         for ns in self.netns.iter().rev() {
             let _ = net::delete_netns(ns);
         }
-        let _ = cgroups::remove(&self.cgroup);
+        let _ = cgroups::remove_tree(&self.cgroup);
         let _ = unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(parent) = self.root.parent() {
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
             cgroups_path: format!("/{tag}/c{i}"),
             stdout: cleanup.dir.join(format!("out-{i}.log")),
             stderr: cleanup.dir.join(format!("err-{i}.log")),
-            readonly_app: false,
+            ..Default::default()
         };
         let t = Instant::now();
         runtime.start(&spec)?;

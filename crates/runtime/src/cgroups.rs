@@ -5,10 +5,65 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::mounts::{mountinfo, MountInfo};
+
+/// A cgroup could not be read or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The process's cgroup membership could not be read.
+    #[error("reading /proc/{pid}/cgroup (is the process gone?): {cause}")]
+    Membership {
+        /// The process.
+        pid: u32,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// The mount table could not be read.
+    #[error("reading /proc/self/mountinfo: {0}")]
+    MountTable(std::io::Error),
+    /// The process is in no cgroup that has this controller.
+    #[error("pid {pid}: no {controller} cgroup found; is the {controller} controller mounted?")]
+    NoController {
+        /// The process.
+        pid: u32,
+        /// The controller, e.g. `memory`.
+        controller: &'static str,
+    },
+    /// A cgroup file could not be read.
+    #[error("reading {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// A cgroup file did not hold the number it should.
+    #[error("parsing {} ({text:?}): not a number", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What it held, trimmed.
+        text: String,
+    },
+    /// The path names the root (or climbs out of it): removing it is never intended.
+    #[error("refusing to remove cgroup {0:?}: give a path below the root, without `..`")]
+    Refused(String),
+    /// A cgroup directory could not be removed (`EBUSY`: processes still run in it).
+    #[error("removing cgroup {}: {cause}", path.display())]
+    Remove {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+/// A v1 limit at or above this is the kernel's "unlimited" (`PAGE_COUNTER_MAX` pages).
+const V1_UNLIMITED: u64 = 1 << 62;
 
 /// A snapshot of one container's cgroup counters.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +76,11 @@ pub struct CgroupStats {
     pub memory_peak_bytes: Option<u64>,
     /// Number of processes and threads.
     pub pids: u64,
+    /// The memory limit, `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in this cgroup, when the kernel reports it
+    /// (v2 `memory.events`, v1 `memory.oom_control`, Linux 4.13+).
+    pub oom_kills: Option<u64>,
 }
 
 /// Where one process's cgroups are: per v1 controller, and its v2 group.
@@ -32,8 +92,11 @@ struct Membership {
 impl Membership {
     fn of(pid: u32) -> Result<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .with_context(|| format!("reading /proc/{pid}/cgroup (is the process gone?)"))?;
-        Ok(Self::parse(&text, &mountinfo()?))
+            .map_err(|cause| CgroupError::Membership { pid, cause })?;
+        Ok(Self::parse(
+            &text,
+            &mountinfo().map_err(CgroupError::MountTable)?,
+        ))
     }
 
     /// Resolves /proc/<pid>/cgroup lines against the cgroup mounts of the mount table.
@@ -83,11 +146,11 @@ impl Membership {
 
     /// The v1 dir of `controller`, else the v2 dir (pure v2, or hybrid without that v1
     /// controller); the flag says which.
-    fn dir(&self, pid: u32, controller: &str) -> Result<(&Path, bool)> {
+    fn dir(&self, pid: u32, controller: &'static str) -> Result<(&Path, bool)> {
         match (self.v1_dir(controller), &self.v2) {
             (Some(dir), _) => Ok((dir, true)),
             (None, Some(dir)) => Ok((dir, false)),
-            (None, None) => bail!("pid {pid}: no {controller} cgroup found"),
+            (None, None) => Err(CgroupError::NoController { pid, controller }),
         }
     }
 }
@@ -101,7 +164,7 @@ fn join(mount: &MountInfo, path: &str) -> PathBuf {
     mount.mount_point.join(rel)
 }
 
-/// Reads the CPU, memory and pids counters of the cgroups `pid` belongs to.
+/// Reads the CPU, memory, OOM and pids counters of the cgroups `pid` belongs to.
 pub fn stats(pid: u32) -> Result<CgroupStats> {
     read_stats(&Membership::of(pid)?, pid)
 }
@@ -113,17 +176,37 @@ fn read_stats(m: &Membership, pid: u32) -> Result<CgroupStats> {
     };
 
     let (dir, v1) = m.dir(pid, "memory")?;
-    let (usage, peak, inactive) = if v1 {
+    let (usage, peak, inactive, limit, events) = if v1 {
         (
             "memory.usage_in_bytes",
             "memory.max_usage_in_bytes",
             "total_inactive_file",
+            "memory.limit_in_bytes",
+            "memory.oom_control",
         )
     } else {
-        ("memory.current", "memory.peak", "inactive_file")
+        (
+            "memory.current",
+            "memory.peak",
+            "inactive_file",
+            "memory.max",
+            "memory.events",
+        )
     };
     let usage = read_u64(&dir.join(usage))?;
     let inactive = stat_field(&dir.join("memory.stat"), inactive)?.unwrap_or(0);
+    let limit = dir.join(limit);
+    let memory_limit_bytes = match read_text(&limit)?.as_str() {
+        "max" => None,
+        text => Some(parse_u64(&limit, text)?).filter(|&l| l < V1_UNLIMITED),
+    };
+    // Both files are "key value" lines; older kernels lack the oom_kill line (or v1 file).
+    let events = dir.join(events);
+    let oom_kills = if events.exists() {
+        stat_field(&events, "oom_kill")?
+    } else {
+        None
+    };
 
     Ok(CgroupStats {
         cpu_usage_ns,
@@ -131,46 +214,126 @@ fn read_stats(m: &Membership, pid: u32) -> Result<CgroupStats> {
         // memory.peak is missing before Linux 5.19.
         memory_peak_bytes: read_u64(&dir.join(peak)).ok(),
         pids: read_u64(&m.dir(pid, "pids")?.0.join("pids.current"))?,
+        memory_limit_bytes,
+        oom_kills,
     })
 }
 
 /// Removes the (empty) cgroup `path` from every mounted hierarchy; absent is fine.
 ///
 /// runc removes a container's own cgroup on delete but not the parents it created,
-/// e.g. `/starphleet-<ship>`: `starphleet down` and tests use this for those.
+/// e.g. `/starphleet-<ship>`: tests use this for those. [`remove_tree`] also takes
+/// what is left below.
 pub fn remove(path: &str) -> Result<()> {
-    let rel = path.trim_start_matches('/');
-    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
-        bail!("refusing to remove cgroup {path:?}");
-    }
-    for mount in mountinfo()?
-        .into_iter()
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-    {
-        let dir = mount.mount_point.join(rel);
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing cgroup {}", dir.display()));
-            }
-            _ => {}
+    let rel = checked_relative(path)?;
+    let mut first_error = None;
+    for mount in cgroup_mounts()? {
+        let dir = mount.join(rel);
+        if let Err(e) = remove_dir(&dir) {
+            first_error.get_or_insert(e);
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes the cgroup `path` and every cgroup below it, deepest first, from every mounted
+/// hierarchy (each v1 controller and the v2 tree); returns how many directories went.
+///
+/// Only empty cgroups can be removed: one that still holds processes is left in place and
+/// reported (`EBUSY`) once everything else that could go has gone. Absent is fine (0).
+/// `starphleet down` uses this for `/starphleet-<ship>` after stopping every container.
+pub fn remove_tree(path: &str) -> Result<usize> {
+    let rel = checked_relative(path)?;
+    let mut removed = 0;
+    let mut first_error = None;
+    for mount in cgroup_mounts()? {
+        remove_below(&mount.join(rel), &mut removed, &mut first_error);
+    }
+    first_error.map_or(Ok(removed), Err)
+}
+
+fn remove_below(dir: &Path, removed: &mut usize, first_error: &mut Option<CgroupError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(cause) => {
+            first_error.get_or_insert(CgroupError::Remove {
+                path: dir.to_path_buf(),
+                cause,
+            });
+            return;
+        }
+    };
+    // A cgroup's files cannot be deleted (and need not be): its sub-directories are the children.
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_below(&entry.path(), removed, first_error);
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => *removed += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(cause) => {
+            first_error.get_or_insert(CgroupError::Remove {
+                path: dir.to_path_buf(),
+                cause,
+            });
+        }
+    }
+}
+
+/// `path` without its leading `/`, refusing the root itself and `..`.
+fn checked_relative(path: &str) -> Result<&str> {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") {
+        return Err(CgroupError::Refused(path.to_string()));
+    }
+    Ok(rel)
+}
+
+/// Mount points of every cgroup hierarchy (v1 and v2).
+fn cgroup_mounts() -> Result<Vec<PathBuf>> {
+    Ok(mountinfo()
+        .map_err(CgroupError::MountTable)?
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CgroupError::Remove {
+            path: dir.to_path_buf(),
+            cause: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|cause| CgroupError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })
+}
+
+fn parse_u64(path: &Path, text: &str) -> Result<u64> {
+    text.parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+    })
 }
 
 fn read_u64(path: &Path) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("parsing {} ({:?})", path.display(), text.trim()))
+    parse_u64(path, &read_text(path)?)
 }
 
-/// A `key value` line of a flat-keyed stat file (memory.stat, cpu.stat).
+/// A `key value` line of a flat-keyed stat file (memory.stat, cpu.stat, memory.events).
 fn stat_field(path: &Path, key: &str) -> Result<Option<u64>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().find_map(|l| {
+    Ok(read_text(path)?.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     }))
@@ -230,6 +393,11 @@ mod tests {
         write("memory.peak", "12000\n");
         write("memory.stat", "anon 6000\nfile 4000\ninactive_file 3000\n");
         write("pids.current", "3\n");
+        write("memory.max", "max\n");
+        write(
+            "memory.events",
+            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\noom_group_kill 0\n",
+        );
         let mounts = [mount(&root.path().to_string_lossy(), "cgroup2", "rw")];
         let m = Membership::parse("0::/sp/c1\n", &mounts);
         assert_eq!(
@@ -239,7 +407,62 @@ mod tests {
                 memory_bytes: 7000,
                 memory_peak_bytes: Some(12000),
                 pids: 3,
+                memory_limit_bytes: None,
+                oom_kills: Some(2),
             }
+        );
+        write("memory.max", "67108864\n");
+        assert_eq!(
+            read_stats(&m, 1).unwrap().memory_limit_bytes,
+            Some(64 << 20)
+        );
+    }
+
+    #[test]
+    fn reads_v1_counters_and_treats_the_huge_limit_as_none() {
+        let root = tempfile::tempdir().unwrap();
+        let at = |ctl: &str| {
+            let dir = root.path().join(ctl).join("sp/c1");
+            std::fs::create_dir_all(&dir).unwrap();
+            move |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap()
+        };
+        at("cpuacct")("cpuacct.usage", "123456\n");
+        let mem = at("memory");
+        mem("memory.usage_in_bytes", "50000\n");
+        mem("memory.max_usage_in_bytes", "60000\n");
+        mem("memory.stat", "cache 100\ntotal_inactive_file 10000\n");
+        mem("memory.limit_in_bytes", "9223372036854771712\n");
+        mem(
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        );
+        at("pids")("pids.current", "5\n");
+        let base = root.path().to_string_lossy().into_owned();
+        let mounts = [
+            mount(&format!("{base}/cpuacct"), "cgroup", "rw,cpuacct"),
+            mount(&format!("{base}/memory"), "cgroup", "rw,memory"),
+            mount(&format!("{base}/pids"), "cgroup", "rw,pids"),
+        ];
+        let m = Membership::parse(
+            "3:pids:/sp/c1\n2:memory:/sp/c1\n1:cpuacct:/sp/c1\n",
+            &mounts,
+        );
+        let stats = read_stats(&m, 1).unwrap();
+        assert_eq!(
+            stats,
+            CgroupStats {
+                cpu_usage_ns: 123456,
+                memory_bytes: 40000,
+                memory_peak_bytes: Some(60000),
+                pids: 5,
+                memory_limit_bytes: None,
+                oom_kills: Some(1),
+            }
+        );
+        mem("memory.limit_in_bytes", "67108864\n");
+        assert_eq!(
+            read_stats(&m, 1).unwrap().memory_limit_bytes,
+            Some(64 << 20)
         );
     }
 
@@ -247,6 +470,9 @@ mod tests {
     fn remove_refuses_the_root_and_dotdot() {
         assert!(remove("/").is_err());
         assert!(remove("/a/../b").is_err());
+        assert!(remove_tree("").is_err());
+        assert!(remove_tree("/x/..").is_err());
         remove("/starphleet-nonexistent-cgroup").unwrap();
+        assert_eq!(remove_tree("/starphleet-nonexistent-cgroup").unwrap(), 0);
     }
 }

@@ -6,11 +6,16 @@
 //! one bridge per ship, one named network namespace + veth per container.
 
 pub mod cgroups;
+mod error;
+mod exec;
 mod mounts;
 pub mod net;
 mod runtime;
 mod spec;
 
+pub use cgroups::CgroupError;
+pub use error::RuntimeError;
 pub use mounts::unmount_under;
-pub use runtime::{ContainerState, Runtime};
-pub use spec::{Bind, ContainerSpec};
+pub use net::NetError;
+pub use runtime::{ContainerState, Runtime, RUNTIME_COMMAND_TIMEOUT};
+pub use spec::{Bind, ContainerSpec, Limits, DEFAULT_TMP_BYTES};

@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags, MsFlags};
+
+use crate::error::RuntimeError;
+
+type Result<T> = std::result::Result<T, RuntimeError>;
 
 /// One line of `/proc/self/mountinfo`, reduced to the fields this crate needs.
 pub(crate) struct MountInfo {
@@ -16,9 +19,8 @@ pub(crate) struct MountInfo {
 }
 
 /// Parses the calling process's mount table, in mount order.
-pub(crate) fn mountinfo() -> Result<Vec<MountInfo>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+pub(crate) fn mountinfo() -> std::io::Result<Vec<MountInfo>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     Ok(text.lines().filter_map(parse_mountinfo_line).collect())
 }
 
@@ -65,9 +67,10 @@ pub fn unmount_under(dir: &Path) -> Result<usize> {
     let dir = match std::fs::canonicalize(dir) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("resolving {}", dir.display())),
+        Err(e) => return Err(RuntimeError::io(format!("resolving {}", dir.display()), e)),
     };
-    let mut points: Vec<PathBuf> = mountinfo()?
+    let mut points: Vec<PathBuf> = mountinfo()
+        .map_err(|e| RuntimeError::io("reading /proc/self/mountinfo", e))?
         .into_iter()
         .map(|m| m.mount_point)
         .filter(|p| p.starts_with(&dir) && *p != dir)
@@ -82,12 +85,17 @@ pub fn unmount_under(dir: &Path) -> Result<usize> {
             // Still in use (e.g. by a dying container): detach now, the kernel frees it later.
             Err(Errno::EBUSY) => {
                 umount2(&point, MntFlags::MNT_DETACH)
-                    .with_context(|| format!("unmounting {}", point.display()))?;
+                    .map_err(|e| RuntimeError::io(format!("unmounting {}", point.display()), e))?;
                 count += 1;
             }
             // Already gone, e.g. taken away with a parent by propagation.
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-            Err(e) => bail!("unmounting {}: {e}", point.display()),
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("unmounting {}", point.display()),
+                    e,
+                ))
+            }
         }
     }
     Ok(count)
@@ -103,10 +111,10 @@ pub(crate) fn mount_overlay(
     for dir in lowers.iter().map(PathBuf::as_path).chain([upper, work]) {
         let s = dir.to_string_lossy();
         if s.contains([',', ':']) || !dir.is_absolute() {
-            bail!(
+            return Err(RuntimeError::InvalidSpec(format!(
                 "overlay layer path {} must be absolute and contain no ',' or ':'",
                 dir.display()
-            );
+            )));
         }
     }
     let lowerdir = lowers
@@ -134,7 +142,12 @@ pub(crate) fn mount_overlay(
         Err(Errno::EINVAL) => mount(&data),
         r => r,
     }
-    .with_context(|| format!("mounting overlay at {} ({data})", target.display()))
+    .map_err(|e| {
+        RuntimeError::io(
+            format!("mounting overlay at {} ({data})", target.display()),
+            e,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -25,6 +24,69 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
+
+/// A failed network namespace or netlink operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A namespace or interface name that cannot be used; the message gives the rule.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The namespace or interface (named in the message) is already there.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The container netns needs its bridge first.
+    #[error("bridge {0} does not exist; call ensure_bridge first")]
+    NoBridge(String),
+    /// The interface exists and is something else.
+    #[error("interface {0} exists but is not a bridge")]
+    NotABridge(String),
+    /// An interface that was just created (or must exist) is not there.
+    #[error("interface {name} is missing {place}")]
+    LinkMissing {
+        /// The interface.
+        name: String,
+        /// Where it was looked for, e.g. "in netns sp-1-2" or "right after creation".
+        place: String,
+    },
+    /// The kernel refused a netlink request.
+    #[error("{what}: {cause}")]
+    Netlink {
+        /// What was asked, e.g. "creating bridge spbr0".
+        what: String,
+        /// The kernel's answer.
+        cause: rtnetlink::Error,
+    },
+    /// A file, mount or namespace operation failed.
+    #[error("{what}: {cause}")]
+    Io {
+        /// What was attempted, naming the path.
+        what: String,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// Setting up a container netns failed at one step; everything made was removed again.
+    #[error("setting up netns {ns}: {cause}")]
+    Setup {
+        /// The namespace.
+        ns: String,
+        /// The step that failed.
+        cause: Box<NetError>,
+    },
+}
+
+type Result<T, E = NetError> = std::result::Result<T, E>;
+
+fn io_err(what: impl Into<String>, cause: impl Into<std::io::Error>) -> NetError {
+    NetError::Io {
+        what: what.into(),
+        cause: cause.into(),
+    }
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |cause| NetError::Netlink { what, cause }
+}
 
 /// Where named network namespaces are bind-mounted (shared with iproute2).
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -63,7 +125,9 @@ pub fn netns_path(ns: &str) -> PathBuf {
 
 fn check_ns_name(ns: &str) -> Result<()> {
     if ns.is_empty() || ns == "." || ns == ".." || ns.contains('/') {
-        bail!("invalid network namespace name {ns:?}");
+        return Err(NetError::InvalidName(format!(
+            "invalid network namespace name {ns:?}: no '/', not '.' or '..'"
+        )));
     }
     Ok(())
 }
@@ -74,7 +138,9 @@ fn check_ifname(name: &str) -> Result<()> {
         || name.contains(['/', ':'])
         || name.contains(char::is_whitespace)
     {
-        bail!("invalid interface name {name:?}: 1-{IFNAME_MAX} bytes, no '/', ':' or spaces");
+        return Err(NetError::InvalidName(format!(
+            "invalid interface name {name:?}: 1-{IFNAME_MAX} bytes, no '/', ':' or spaces"
+        )));
     }
     Ok(())
 }
@@ -83,11 +149,12 @@ fn check_ifname(name: &str) -> Result<()> {
 ///
 /// Sockets created by `f` stay in that namespace; the caller's threads never change namespace.
 pub fn run_in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let ns = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    let ns =
+        File::open(path).map_err(|e| io_err(format!("opening netns {}", path.display()), e))?;
     std::thread::scope(|s| {
         let thread = s.spawn(|| -> Result<T> {
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering netns {}", path.display()))?;
+                .map_err(|e| io_err(format!("entering netns {}", path.display()), e))?;
             Ok(f())
         });
         thread
@@ -108,13 +175,14 @@ pub fn create_netns(ns: &str) -> Result<PathBuf> {
         Mode::empty(),
     ) {
         Ok(_) => {}
-        Err(Errno::EEXIST) => bail!("network namespace {ns} already exists"),
-        Err(e) => bail!("creating {}: {e}", path.display()),
+        Err(Errno::EEXIST) => return Err(NetError::Exists(format!("network namespace {ns}"))),
+        Err(e) => return Err(io_err(format!("creating {}", path.display()), e)),
     }
     // A fresh namespace is made on a throw-away thread, then pinned by bind-mounting it.
     let made = std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io_err("unshare(CLONE_NEWNET)", e))?;
             mount(
                 Some("/proc/thread-self/ns/net"),
                 &path,
@@ -122,7 +190,12 @@ pub fn create_netns(ns: &str) -> Result<PathBuf> {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-            .with_context(|| format!("bind-mounting the new netns on {}", path.display()))
+            .map_err(|e| {
+                io_err(
+                    format!("bind-mounting the new netns on {}", path.display()),
+                    e,
+                )
+            })
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -137,7 +210,7 @@ pub fn create_netns(ns: &str) -> Result<PathBuf> {
 /// Makes the netns dir a shared mount, as iproute2 does, so deleting a namespace here also
 /// unmounts copies that other mount namespaces made, and the namespace is really freed.
 fn make_netns_dir_shared() -> Result<()> {
-    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+    std::fs::create_dir_all(NETNS_DIR).map_err(|e| io_err(format!("creating {NETNS_DIR}"), e))?;
     let share = || {
         mount(
             None::<&str>,
@@ -150,7 +223,7 @@ fn make_netns_dir_shared() -> Result<()> {
     match share() {
         Ok(()) => return Ok(()),
         Err(Errno::EINVAL) => {} // not a mount point yet
-        Err(e) => bail!("making {NETNS_DIR} a shared mount: {e}"),
+        Err(e) => return Err(io_err(format!("making {NETNS_DIR} a shared mount"), e)),
     }
     mount(
         Some(NETNS_DIR),
@@ -159,8 +232,8 @@ fn make_netns_dir_shared() -> Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
-    share().with_context(|| format!("making {NETNS_DIR} a shared mount"))
+    .map_err(|e| io_err(format!("bind-mounting {NETNS_DIR} on itself"), e))?;
+    share().map_err(|e| io_err(format!("making {NETNS_DIR} a shared mount"), e))
 }
 
 /// Unmounts and removes a named netns; ok if absent (its veth pair dies with it).
@@ -169,11 +242,11 @@ pub fn delete_netns(ns: &str) -> Result<()> {
     let path = netns_path(ns);
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => bail!("unmounting {}: {e}", path.display()),
+        Err(e) => return Err(io_err(format!("unmounting {}", path.display()), e)),
     }
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
+            Err(io_err(format!("removing {}", path.display()), e))
         }
         _ => Ok(()),
     }
@@ -184,11 +257,15 @@ pub fn list_netns(prefix: &str) -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(NETNS_DIR) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {NETNS_DIR}")),
+        Err(e) => return Err(io_err(format!("listing {NETNS_DIR}"), e)),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
+        let name = entry
+            .map_err(|e| io_err(format!("listing {NETNS_DIR}"), e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with(prefix) {
             names.push(name);
         }
@@ -199,15 +276,20 @@ pub fn list_netns(prefix: &str) -> Result<Vec<String>> {
 
 /// A netlink connection in the calling thread's network namespace.
 fn connect() -> Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| io_err("opening a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
 
 /// A netlink connection into the namespace at `path` (the socket is born there).
 fn connect_in(path: &Path) -> Result<Handle> {
-    let socket = run_in_netns(path, || Socket::new(NETLINK_ROUTE))?
-        .context("opening a netlink socket in the container netns")?;
+    let socket = run_in_netns(path, || Socket::new(NETLINK_ROUTE))?.map_err(|e| {
+        io_err(
+            format!("opening a netlink socket in netns {}", path.display()),
+            e,
+        )
+    })?;
     // SAFETY: the fd comes straight out of an owned Socket and is handed over exactly once.
     let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
     let (conn, handle, _) = rtnetlink::from_socket(socket);
@@ -241,7 +323,7 @@ async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
     {
         Ok(link) => Ok(link),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        Err(e) => Err(netlink(format!("looking up interface {name}"))(e)),
     }
 }
 
@@ -254,7 +336,11 @@ async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
 
 async fn has_address(h: &Handle, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
     let mut addrs = h.address().get().set_link_index_filter(index).execute();
-    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+    while let Some(msg) = addrs
+        .try_next()
+        .await
+        .map_err(netlink("listing addresses"))?
+    {
         let same = msg.attributes.iter().any(|a| {
             matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip)
                 if *ip == IpAddr::V4(addr))
@@ -291,10 +377,13 @@ pub async fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result
                 .add(LinkBridge::new(name).address(bridge_mac(name)).build())
                 .execute()
                 .await;
-            ok_if_exists(add).with_context(|| format!("creating bridge {name}"))?;
+            ok_if_exists(add).map_err(netlink(format!("creating bridge {name}")))?;
             get_link(&h, name)
                 .await?
-                .ok_or_else(|| anyhow!("bridge {name} vanished right after creation"))?
+                .ok_or_else(|| NetError::LinkMissing {
+                    name: name.to_string(),
+                    place: "right after its creation".into(),
+                })?
         }
     };
     let is_bridge = link.attributes.iter().any(|a| {
@@ -302,7 +391,7 @@ pub async fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result
             if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
     });
     if !is_bridge {
-        bail!("interface {name} exists but is not a bridge");
+        return Err(NetError::NotABridge(name.to_string()));
     }
     let index = link.header.index;
     if !has_address(&h, index, addr, prefix_len).await? {
@@ -311,11 +400,11 @@ pub async fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result
             .add(index, addr.into(), prefix_len)
             .execute()
             .await;
-        ok_if_exists(add).with_context(|| format!("adding {addr}/{prefix_len} to {name}"))?;
+        ok_if_exists(add).map_err(netlink(format!("adding {addr}/{prefix_len} to {name}")))?;
     }
     set_up(&h, index)
         .await
-        .with_context(|| format!("bringing {name} up"))
+        .map_err(netlink(format!("bringing {name} up")))
 }
 
 /// Deletes an interface by name; ok if absent.
@@ -327,7 +416,7 @@ pub async fn delete_link(name: &str) -> Result<()> {
     };
     match h.link().del(link.header.index).execute().await {
         Err(e) if errno(&e) != Some(libc::ENODEV) => {
-            Err(e).with_context(|| format!("deleting interface {name}"))
+            Err(netlink(format!("deleting interface {name}"))(e))
         }
         _ => Ok(()),
     }
@@ -338,7 +427,11 @@ pub async fn list_links(prefix: &str) -> Result<Vec<String>> {
     let h = connect()?;
     let mut links = h.link().get().execute();
     let mut names = Vec::new();
-    while let Some(link) = links.try_next().await.context("listing interfaces")? {
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(netlink("listing interfaces"))?
+    {
         for attr in link.attributes {
             if let LinkAttribute::IfName(name) = attr {
                 if name.starts_with(prefix) {
@@ -366,15 +459,16 @@ pub async fn create_container_netns(
     let h = connect()?;
     let bridge_index = get_link(&h, bridge)
         .await?
-        .ok_or_else(|| anyhow!("bridge {bridge} does not exist; call ensure_bridge first"))?
+        .ok_or_else(|| NetError::NoBridge(bridge.to_string()))?
         .header
         .index;
     if get_link(&h, host_if).await?.is_some() {
-        bail!("interface {host_if} already exists");
+        return Err(NetError::Exists(format!("interface {host_if}")));
     }
     let path = create_netns(ns)?;
     let result = async {
-        let netns = File::open(&path)?;
+        let netns =
+            File::open(&path).map_err(|e| io_err(format!("opening {}", path.display()), e))?;
         // The peer is born inside the namespace as eth0: no temporary name, no rename.
         let peer = LinkUnspec::new_with_name("eth0")
             .setns_by_fd(netns.as_raw_fd())
@@ -388,14 +482,17 @@ pub async fn create_container_netns(
             .add(veth)
             .execute()
             .await
-            .with_context(|| format!("creating veth {host_if} on {bridge}"))?;
+            .map_err(netlink(format!("creating veth {host_if} on {bridge}")))?;
         drop(netns);
 
         let c = connect_in(&path)?;
         for name in ["lo", "eth0"] {
             let index = get_link(&c, name)
                 .await?
-                .ok_or_else(|| anyhow!("{name} missing in netns {ns}"))?
+                .ok_or_else(|| NetError::LinkMissing {
+                    name: name.to_string(),
+                    place: format!("in netns {ns}"),
+                })?
                 .header
                 .index;
             if name == "eth0" {
@@ -403,17 +500,17 @@ pub async fn create_container_netns(
                     .add(index, ip.into(), prefix_len)
                     .execute()
                     .await
-                    .with_context(|| format!("adding {ip}/{prefix_len} to eth0"))?;
+                    .map_err(netlink(format!("adding {ip}/{prefix_len} to eth0")))?;
                 // Announce the address when eth0 comes up: a reused IP with a new MAC must
                 // replace the bridge's stale neighbour entry at once, not after ~30 s.
                 run_in_netns(&path, || {
                     std::fs::write("/proc/sys/net/ipv4/conf/eth0/arp_notify", "1")
                 })?
-                .context("enabling arp_notify on eth0")?;
+                .map_err(|e| io_err("enabling arp_notify on eth0", e))?;
             }
             set_up(&c, index)
                 .await
-                .with_context(|| format!("bringing {name} up in {ns}"))?;
+                .map_err(netlink(format!("bringing {name} up in {ns}")))?;
         }
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
@@ -422,14 +519,17 @@ pub async fn create_container_netns(
             .add(route)
             .execute()
             .await
-            .with_context(|| format!("adding default route via {gateway}"))?;
-        anyhow::Ok(())
+            .map_err(netlink(format!("adding default route via {gateway}")))?;
+        Ok::<(), NetError>(())
     }
     .await;
     if let Err(e) = result {
         let _ = delete_link(host_if).await;
         let _ = delete_netns(ns);
-        return Err(e.context(format!("setting up netns {ns}")));
+        return Err(NetError::Setup {
+            ns: ns.to_string(),
+            cause: Box::new(e),
+        });
     }
     Ok(path)
 }

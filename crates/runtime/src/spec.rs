@@ -12,18 +12,62 @@ use std::net::IpAddr;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capabilities,
-    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
+use oci_spec::OciSpecError;
 
-use crate::mounts::mount_overlay;
+use crate::error::RuntimeError;
+use crate::mounts::{mount_overlay, mountinfo};
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Size of a container's `/tmp` (a tmpfs) unless [`Limits::tmp_bytes`] says otherwise.
+///
+/// Without a size a tmpfs may grow to half the host's memory; 64 MiB is plenty for the
+/// scratch files servers write, and a limit makes a runaway writer fail with ENOSPC.
+pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
+
+/// The CPU accounting period used for [`Limits::cpu_millis`], in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Resource limits of one container. `None` leaves that resource unlimited.
+///
+/// The default limits nothing except `/tmp`, which gets [`DEFAULT_TMP_BYTES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory (anonymous + page cache + tmpfs) before the kernel OOM-kills in the container;
+    /// swap is limited to the same total, so the limit really holds.
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads at once; a fork past it fails with EAGAIN.
+    pub pids: Option<i64>,
+    /// CPU time per wall time, in thousandths of a core: 1000 = one core, 500 = half a core.
+    pub cpu_millis: Option<u64>,
+    /// Size of the `/tmp` tmpfs; `None` is the kernel's default (half the host's memory).
+    pub tmp_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: None,
+            pids: None,
+            cpu_millis: None,
+            tmp_bytes: Some(DEFAULT_TMP_BYTES),
+        }
+    }
+}
 
 /// Everything needed to run one container.
-#[derive(Clone, Debug)]
+///
+/// `Default` gives empty values, so callers can name what they set and write
+/// `..Default::default()` for the rest; [`Runtime::start`](crate::Runtime::start) checks
+/// that the required fields (id, args, absolute paths) are filled in.
+#[derive(Clone, Debug, Default)]
 pub struct ContainerSpec {
     /// Unique per machine, e.g. `sp-a1b2c3-echo-7f3e21`.
     pub id: String,
@@ -55,6 +99,8 @@ pub struct ContainerSpec {
     pub stderr: PathBuf,
     /// Mounts `/app` read-only over the layers (only when some layer provides `app/`).
     pub readonly_app: bool,
+    /// Memory, process, CPU and `/tmp` limits.
+    pub limits: Limits,
 }
 
 /// An extra bind mount into the container.
@@ -89,50 +135,85 @@ impl ContainerSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !id_ok {
-            bail!(
+            return invalid(format!(
                 "container id {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
                 self.id
-            );
+            ));
+        }
+        if self.user.0 == 0 {
+            return invalid(format!(
+                "container {}: user {:?} must be a non-root uid (apps never run as root)",
+                self.id, self.user
+            ));
         }
         if self.args.is_empty() {
-            bail!("container {}: no command to run (args is empty)", self.id);
+            return invalid(format!(
+                "container {}: no command to run (args is empty)",
+                self.id
+            ));
         }
         if !self.cwd.starts_with('/') {
-            bail!("container {}: cwd {:?} must be absolute", self.id, self.cwd);
+            return invalid(format!(
+                "container {}: cwd {:?} must be absolute",
+                self.id, self.cwd
+            ));
         }
         if !self.cgroups_path.starts_with('/') {
-            bail!(
+            return invalid(format!(
                 "container {}: cgroups_path {:?} must be absolute, or runc nests it under its caller's cgroup",
                 self.id,
                 self.cgroups_path
-            );
+            ));
         }
         if !self.bundle_dir.is_absolute() {
-            bail!(
+            return invalid(format!(
                 "container {}: bundle_dir {} must be absolute",
                 self.id,
                 self.bundle_dir.display()
-            );
+            ));
         }
         for log in [&self.stdout, &self.stderr] {
             if log.starts_with(&self.bundle_dir) {
-                bail!(
+                return invalid(format!(
                     "container {}: log file {} must live outside the bundle dir, which stop() removes",
                     self.id,
                     log.display()
-                );
+                ));
             }
         }
         for bind in &self.binds {
             if !bind.destination.starts_with('/') {
-                bail!(
+                return invalid(format!(
                     "container {}: bind destination {:?} must be absolute",
-                    self.id,
-                    bind.destination
-                );
+                    self.id, bind.destination
+                ));
             }
         }
-        Ok(())
+        self.validate_limits()
+    }
+
+    /// Refuses limits the kernel or runc would reject later with a vaguer message.
+    fn validate_limits(&self) -> Result<()> {
+        let l = &self.limits;
+        let too_big = |v: u64| i64::try_from(v).is_err();
+        let problem = if l.memory_bytes.is_some_and(|m| m < 1 << 20 || too_big(m)) {
+            Some("limits.memory_bytes must be at least 1 MiB (1048576) and below 2^63")
+        } else if l.pids.is_some_and(|p| p < 1) {
+            Some("limits.pids must be at least 1")
+        } else if l
+            .cpu_millis
+            .is_some_and(|c| c < 10 || too_big(c.saturating_mul(CPU_PERIOD_US / 1000)))
+        {
+            Some("limits.cpu_millis must be at least 10 (1% of a core); 1000 is one core")
+        } else if l.tmp_bytes == Some(0) {
+            Some("limits.tmp_bytes must be above 0; use None for the kernel's default size")
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => invalid(format!("container {}: {p}", self.id)),
+            None => Ok(()),
+        }
     }
 
     /// Lays out the bundle, mounts the overlay root and writes config.json.
@@ -140,10 +221,11 @@ impl ContainerSpec {
     /// The caller has validated the spec; on error it cleans up (unmount + remove `bundle_dir`).
     pub(crate) fn prepare_bundle(&self) -> Result<()> {
         let b = &self.bundle_dir;
-        fs::create_dir_all(b).with_context(|| format!("creating bundle dir {}", b.display()))?;
+        fs::create_dir_all(b)
+            .map_err(|e| RuntimeError::io(format!("creating bundle dir {}", b.display()), e))?;
         for sub in ["rootfs", "upper", "work"] {
-            fs::create_dir(b.join(sub))
-                .with_context(|| format!("creating {}", b.join(sub).display()))?;
+            let dir = b.join(sub);
+            fs::create_dir(&dir).map_err(|e| io_at("creating", &dir, e))?;
         }
         let host_dirs = self.write_skeleton(&b.join("skeleton"))?;
         let etc_dirs = self.write_etc(&b.join("etc"))?;
@@ -152,9 +234,15 @@ impl ContainerSpec {
         lowers.push(b.join("skeleton"));
         mount_overlay(&lowers, &b.join("upper"), &b.join("work"), &self.rootfs())?;
 
-        let spec = self.oci_spec(&host_dirs, &etc_dirs)?;
-        spec.save(b.join("config.json"))
-            .with_context(|| format!("writing {}/config.json", b.display()))?;
+        let spec = self
+            .oci_spec(&host_dirs, &etc_dirs, swap_is_accounted())
+            .map_err(|cause| RuntimeError::Config {
+                id: self.id.clone(),
+                cause,
+            })?;
+        let config = b.join("config.json");
+        let json = serde_json::to_vec(&spec).map_err(|e| io_at("serializing", &config, e))?;
+        fs::write(&config, json).map_err(|e| io_at("writing", &config, e))?;
         Ok(())
     }
 
@@ -167,9 +255,10 @@ impl ContainerSpec {
                 .recursive(true)
                 .mode(mode)
                 .create(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
+                .map_err(|e| io_at("creating", &path, e))?;
             // The umask may have trimmed the mode; sticky world-writable dirs need it exact.
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_at("setting the mode of", &path, e))?;
             Ok(())
         };
         for d in ["usr", "proc", "dev", "sys", "etc", "run", "var"] {
@@ -180,14 +269,18 @@ impl ContainerSpec {
         mkdir("root", 0o700)?;
         // The app's own dir, writable by the app even when no layer provides one.
         mkdir("app", 0o755)?;
-        std::os::unix::fs::chown(dir.join("app"), Some(self.user.0), Some(self.user.1))?;
+        let app = dir.join("app");
+        std::os::unix::fs::chown(&app, Some(self.user.0), Some(self.user.1))
+            .map_err(|e| io_at("chown", &app, e))?;
 
         let mut bound = Vec::new();
         for name in HOST_ROOT_DIRS {
             let host = Path::new("/").join(name);
             match fs::symlink_metadata(&host) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    symlink(fs::read_link(&host)?, dir.join(name))?;
+                    let target = fs::read_link(&host).map_err(|e| io_at("reading", &host, e))?;
+                    let link = dir.join(name);
+                    symlink(target, &link).map_err(|e| io_at("creating", &link, e))?;
                 }
                 Ok(m) if m.is_dir() => {
                     mkdir(name, 0o755)?;
@@ -201,11 +294,11 @@ impl ContainerSpec {
 
     /// Writes the generated /etc and returns the host /etc dirs to bind read-only into it.
     fn write_etc(&self, dir: &Path) -> Result<Vec<&'static str>> {
-        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir(dir).map_err(|e| io_at("creating", dir, e))?;
         let (uid, gid) = self.user;
         let write = |name: &str, text: &str| -> Result<()> {
-            fs::write(dir.join(name), text)
-                .with_context(|| format!("writing {}", dir.join(name).display()))
+            let path = dir.join(name);
+            fs::write(&path, text).map_err(|e| io_at("writing", &path, e))
         };
         write(
             "passwd",
@@ -239,24 +332,32 @@ impl ContainerSpec {
         ] {
             let host = Path::new("/etc").join(name);
             if host.is_file() {
-                fs::copy(&host, dir.join(name))
-                    .with_context(|| format!("copying {}", host.display()))?;
+                fs::copy(&host, dir.join(name)).map_err(|e| io_at("copying", &host, e))?;
             }
         }
         if let Ok(target) = fs::read_link("/etc/localtime") {
-            symlink(target, dir.join("localtime"))?;
+            let link = dir.join("localtime");
+            symlink(target, &link).map_err(|e| io_at("creating", &link, e))?;
         }
         let mut bound = Vec::new();
         for name in HOST_ETC_DIRS {
             if Path::new("/etc").join(name).is_dir() {
-                fs::create_dir(dir.join(name))?;
+                let sub = dir.join(name);
+                fs::create_dir(&sub).map_err(|e| io_at("creating", &sub, e))?;
                 bound.push(*name);
             }
         }
         Ok(bound)
     }
 
-    fn oci_spec(&self, host_dirs: &[&str], etc_dirs: &[&str]) -> Result<Spec> {
+    /// The OCI config; `swap_accounted` says whether the kernel can limit swap (see
+    /// [`swap_is_accounted`]).
+    fn oci_spec(
+        &self,
+        host_dirs: &[&str],
+        etc_dirs: &[&str],
+        swap_accounted: bool,
+    ) -> std::result::Result<Spec, OciSpecError> {
         let (uid, gid) = self.user;
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for (key, default) in [("PATH", DEFAULT_PATH), ("HOME", "/app")] {
@@ -294,19 +395,20 @@ impl ContainerSpec {
                 .build()?])
             .build()?;
 
-        let ro_bind = |src: &Path, dst: &str, extra: &[&str]| -> Result<Mount> {
-            let options: Vec<String> = ["rbind", "ro", "nosuid", "nodev"]
-                .iter()
-                .chain(extra)
-                .map(|s| s.to_string())
-                .collect();
-            Ok(MountBuilder::default()
-                .destination(dst)
-                .typ("bind")
-                .source(src)
-                .options(options)
-                .build()?)
-        };
+        let ro_bind =
+            |src: &Path, dst: &str, extra: &[&str]| -> std::result::Result<Mount, OciSpecError> {
+                let options: Vec<String> = ["rbind", "ro", "nosuid", "nodev"]
+                    .iter()
+                    .chain(extra)
+                    .map(|s| s.to_string())
+                    .collect();
+                MountBuilder::default()
+                    .destination(dst)
+                    .typ("bind")
+                    .source(src)
+                    .options(options)
+                    .build()
+            };
         let mut mounts = get_default_mounts();
         mounts.push(ro_bind(Path::new("/usr"), "/usr", &[])?);
         for name in host_dirs {
@@ -318,12 +420,17 @@ impl ContainerSpec {
             let path = Path::new("/etc").join(name);
             mounts.push(ro_bind(&path, &path.to_string_lossy(), &["noexec"])?);
         }
+        let mut tmp_options: Vec<String> =
+            ["nosuid", "nodev", "mode=1777"].map(String::from).to_vec();
+        if let Some(size) = self.limits.tmp_bytes {
+            tmp_options.push(format!("size={size}"));
+        }
         mounts.push(
             MountBuilder::default()
                 .destination("/tmp")
                 .typ("tmpfs")
                 .source("tmpfs")
-                .options(["nosuid", "nodev", "mode=1777"].map(String::from).to_vec())
+                .options(tmp_options)
                 .build()?,
         );
         if self.readonly_app && self.layers.iter().any(|l| l.join("app").is_dir()) {
@@ -370,12 +477,33 @@ impl ContainerSpec {
                 "0".to_string(),
             );
         }
-        let resources = LinuxResourcesBuilder::default()
-            .devices(vec![LinuxDeviceCgroupBuilder::default()
+        let mut resources =
+            LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
                 .allow(false)
                 .access("rwm")
-                .build()?])
-            .build()?;
+                .build()?]);
+        // validate() has checked that every value fits the signed fields.
+        let limits = &self.limits;
+        if let Some(bytes) = limits.memory_bytes {
+            let mut memory = LinuxMemoryBuilder::default().limit(bytes as i64);
+            if swap_accounted {
+                // memory + swap = memory: no swap at all, or the limit would leak into swap.
+                memory = memory.swap(bytes as i64);
+            }
+            resources = resources.memory(memory.build()?);
+        }
+        if let Some(pids) = limits.pids {
+            resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+        }
+        if let Some(millis) = limits.cpu_millis {
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota((millis * (CPU_PERIOD_US / 1000)) as i64)
+                    .period(CPU_PERIOD_US)
+                    .build()?,
+            );
+        }
+        let resources = resources.build()?;
         let linux = LinuxBuilder::default()
             .namespaces(namespaces)
             .cgroups_path(&self.cgroups_path)
@@ -385,7 +513,7 @@ impl ContainerSpec {
             .readonly_paths(get_default_readonly_paths())
             .build()?;
 
-        Ok(SpecBuilder::default()
+        SpecBuilder::default()
             .version("1.0.2")
             .root(
                 RootBuilder::default()
@@ -397,7 +525,31 @@ impl ContainerSpec {
             .process(process)
             .mounts(mounts)
             .linux(linux)
-            .build()?)
+            .build()
+    }
+}
+
+fn invalid<T>(message: String) -> Result<T> {
+    Err(RuntimeError::InvalidSpec(message))
+}
+
+fn io_at(action: &str, path: &Path, cause: impl Into<std::io::Error>) -> RuntimeError {
+    RuntimeError::io(format!("{action} {}", path.display()), cause)
+}
+
+/// Whether runc can be given a swap limit: on cgroup v1 only when the kernel accounts swap
+/// (`memory.memsw.*` exists, `swapaccount=1`); runc fails on the missing file otherwise.
+/// On cgroup v2 runc skips a swap limit the kernel cannot apply, so it is always given.
+fn swap_is_accounted() -> bool {
+    let Ok(mounts) = mountinfo() else {
+        return true;
+    };
+    match mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"))
+    {
+        Some(v1) => v1.mount_point.join("memory.memsw.limit_in_bytes").exists(),
+        None => true,
     }
 }
 
@@ -470,14 +622,89 @@ mod tests {
             cgroups_path: "/starphleet-t/sp-test-1".into(),
             stdout: "/tmp/out".into(),
             stderr: "/tmp/err".into(),
-            readonly_app: false,
+            ..Default::default()
         }
+    }
+
+    fn mount_options(json: &serde_json::Value, dest: &str) -> Vec<String> {
+        json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+            .map(|m| serde_json::from_value(m["options"].clone()).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn default_limits_bound_only_tmp() {
+        let s = spec();
+        let json = serde_json::to_value(s.oci_spec(&[], &[], true).unwrap()).unwrap();
+        let resources = &json["linux"]["resources"];
+        assert!(resources.get("memory").is_none(), "{resources}");
+        assert!(resources.get("pids").is_none(), "{resources}");
+        assert!(resources.get("cpu").is_none(), "{resources}");
+        assert!(mount_options(&json, "/tmp").contains(&format!("size={DEFAULT_TMP_BYTES}")));
+
+        let mut s = spec();
+        s.limits.tmp_bytes = None;
+        let json = serde_json::to_value(s.oci_spec(&[], &[], true).unwrap()).unwrap();
+        assert!(!mount_options(&json, "/tmp")
+            .iter()
+            .any(|o| o.starts_with("size=")));
+    }
+
+    #[test]
+    fn limits_are_written_into_the_config() {
+        let mut s = spec();
+        s.limits = Limits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(16),
+            cpu_millis: Some(1500),
+            tmp_bytes: Some(4 << 20),
+        };
+        let json = serde_json::to_value(s.oci_spec(&[], &[], true).unwrap()).unwrap();
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+        assert_eq!(
+            r["memory"]["swap"],
+            64 << 20,
+            "swap limited to the same total"
+        );
+        assert_eq!(r["pids"]["limit"], 16);
+        assert_eq!(r["cpu"]["quota"], 150_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert!(mount_options(&json, "/tmp").contains(&"size=4194304".to_string()));
+
+        // A v1 kernel without swap accounting gets no swap limit (runc would fail on it).
+        let json = serde_json::to_value(s.oci_spec(&[], &[], false).unwrap()).unwrap();
+        let memory = &json["linux"]["resources"]["memory"];
+        assert_eq!(memory["limit"], 64 << 20);
+        assert!(memory.get("swap").is_none(), "{memory}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_limit() {
+        type Breaker = fn(&mut Limits);
+        let cases: [(Breaker, &str); 4] = [
+            (|l| l.memory_bytes = Some(1000), "limits.memory_bytes"),
+            (|l| l.pids = Some(0), "limits.pids"),
+            (|l| l.cpu_millis = Some(5), "limits.cpu_millis"),
+            (|l| l.tmp_bytes = Some(0), "limits.tmp_bytes"),
+        ];
+        for (break_it, field) in cases {
+            let mut s = spec();
+            break_it(&mut s.limits);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(spec().validate().is_ok());
     }
 
     #[test]
     fn config_has_user_env_netns_and_no_caps() {
         let s = spec();
-        let json = serde_json::to_value(s.oci_spec(&[], &["ssl"]).unwrap()).unwrap();
+        let json = serde_json::to_value(s.oci_spec(&[], &["ssl"], true).unwrap()).unwrap();
         let p = &json["process"];
         assert_eq!(p["user"]["uid"], 9000);
         assert_eq!(p["noNewPrivileges"], true);
@@ -518,6 +745,9 @@ mod tests {
         let mut s = spec();
         s.id = "bad id".into();
         assert!(s.validate().is_err());
+        let mut s = spec();
+        s.user = (0, 0);
+        assert!(s.validate().unwrap_err().to_string().contains("non-root"));
     }
 
     #[test]

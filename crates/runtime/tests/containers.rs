@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use common::{block_on_in, http_get, mounts_under, unique, wait_for_output, TestEnv};
 use starphleet_runtime::{cgroups, net};
 
+/// Generous: these runs take well under a second.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
 const SERVER_PY: &str = r#"
 import http.server, json, os, pwd, socket, sys
 port = int(os.environ["PORT"])
@@ -135,7 +138,10 @@ fn runs_as_app_user_without_new_privileges_and_reports_exit_codes() {
         ],
     );
     spec.env = vec![("GREETING".into(), "hi there".into())];
-    assert_eq!(env.runtime.run_to_completion(&spec).unwrap(), 0);
+    assert_eq!(
+        env.runtime.run_to_completion(&spec, RUN_TIMEOUT).unwrap(),
+        0
+    );
     let out = std::fs::read_to_string(&spec.stdout).unwrap();
     assert_eq!(
         out,
@@ -151,7 +157,10 @@ fn runs_as_app_user_without_new_privileges_and_reports_exit_codes() {
     );
 
     let spec = env.spec("exit3", &["/bin/sh", "-c", "exit 3"]);
-    assert_eq!(env.runtime.run_to_completion(&spec).unwrap(), 3);
+    assert_eq!(
+        env.runtime.run_to_completion(&spec, RUN_TIMEOUT).unwrap(),
+        3
+    );
     assert!(env.runtime.state(&spec.id).unwrap().is_none());
     assert!(mounts_under(&spec.bundle_dir).is_empty());
     assert!(!spec.bundle_dir.exists());
@@ -169,7 +178,10 @@ fn builds_write_through_a_read_write_bind() {
         destination: "/app".into(),
         readonly: false,
     }];
-    assert_eq!(env.runtime.run_to_completion(&spec).unwrap(), 0);
+    assert_eq!(
+        env.runtime.run_to_completion(&spec, RUN_TIMEOUT).unwrap(),
+        0
+    );
     assert_eq!(
         std::fs::read_to_string(app.join("artifact")).unwrap(),
         "built\n"

@@ -424,9 +424,11 @@ async fn build(
     let layer = tokio::task::spawn_blocking(move || {
         let id = format!("sp-{}-{seq:x}-build", ship2.id);
         let cgroup = format!("/starphleet-{}/{id}", ship2.id);
-        let export = |dest: &std::path::Path| -> Result<()> {
-            ship2.git.export(&mirror, &commit, dest)?;
-            Ok(())
+        let export = |dest: &std::path::Path| -> std::io::Result<()> {
+            ship2
+                .git
+                .export(&mirror, &commit, dest)
+                .map_err(std::io::Error::other)
         };
         ship2.builder.build(&BuildRequest {
             service: &service,
@@ -438,6 +440,8 @@ async fn build(
             container_id: &id,
             cgroups_path: &cgroup,
             fresh,
+            timeout: starphleet_build::DEFAULT_BUILD_TIMEOUT,
+            max_log_bytes: starphleet_build::DEFAULT_MAX_LOG_BYTES,
         })
     })
     .await??;
@@ -550,6 +554,7 @@ async fn start_container(
         stdout: record.stdout.clone(),
         stderr: record.stderr.clone(),
         readonly_app: false,
+        limits: Default::default(),
     };
     let runtime = ship.runtime.clone();
     let pid = tokio::task::spawn_blocking(move || runtime.start(&spec))

@@ -65,7 +65,7 @@ impl TestEnv {
             binds: Vec::new(),
             stdout: self.dir.join(format!("logs/{tag}.out")),
             stderr: self.dir.join(format!("logs/{tag}.err")),
-            readonly_app: false,
+            ..Default::default()
         }
     }
 
@@ -87,17 +87,17 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         for (id, bundle) in self.containers.iter().rev() {
             if let Err(e) = self.runtime.stop(id, bundle, Duration::ZERO) {
-                eprintln!("cleanup: stopping {id}: {e:#}");
+                eprintln!("cleanup: stopping {id}: {e}");
             }
         }
         // Container netns first: their veths sit in the test netns.
         for ns in self.netns.iter().rev() {
             if let Err(e) = net::delete_netns(ns) {
-                eprintln!("cleanup: deleting netns {ns}: {e:#}");
+                eprintln!("cleanup: deleting netns {ns}: {e}");
             }
         }
-        if let Err(e) = cgroups::remove(&self.cgroup_parent) {
-            eprintln!("cleanup: removing cgroup {}: {e:#}", self.cgroup_parent);
+        if let Err(e) = cgroups::remove_tree(&self.cgroup_parent) {
+            eprintln!("cleanup: removing cgroup {}: {e}", self.cgroup_parent);
         }
         let _ = unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
