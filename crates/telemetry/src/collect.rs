@@ -9,11 +9,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-
 use crate::record::RecordMeta;
 use crate::store::LogStore;
-use crate::tail::Tailer;
+use crate::tail::{TailError, Tailer};
+
+/// Why a collector could not add, update or remove a source, or start.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// [`Collector::add`] of a file that is tailed already.
+    #[error("{0} is already collected")]
+    AlreadyCollected(PathBuf),
+    /// The source's tailer failed.
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    /// The collector thread could not be started.
+    #[error("starting the log collector thread: {0}")]
+    Thread(std::io::Error),
+}
 
 /// A set of tailers feeding one store.
 pub struct Collector {
@@ -47,10 +59,10 @@ impl Collector {
     }
 
     /// Starts tailing `source` (see [`Tailer::new`]); an error if it is tailed already.
-    pub fn add(&self, source: impl Into<PathBuf>, meta: RecordMeta) -> Result<()> {
+    pub fn add(&self, source: impl Into<PathBuf>, meta: RecordMeta) -> Result<(), CollectError> {
         let source = source.into();
         if self.find(&source).is_some() {
-            bail!("{} is already collected", source.display());
+            return Err(CollectError::AlreadyCollected(source));
         }
         let tailer = Tailer::new(&self.store, source, meta)?;
         lock(&self.sources).push(Arc::new(Mutex::new(Slot {
@@ -71,7 +83,7 @@ impl Collector {
 
     /// Collects what `source` has so far under its old version, then stamps later lines with
     /// `version`; false if it is not tailed.
-    pub fn set_version(&self, source: &Path, version: &str) -> Result<bool> {
+    pub fn set_version(&self, source: &Path, version: &str) -> Result<bool, CollectError> {
         let Some(slot) = self.find(source) else {
             return Ok(false);
         };
@@ -87,7 +99,7 @@ impl Collector {
     /// Stops tailing `source` after collecting all of it (see [`Tailer::close`]); returns the
     /// records stored, or `None` if it was not tailed. On error it stays collected, and
     /// removing it can be tried again.
-    pub fn remove(&self, source: &Path) -> Result<Option<usize>> {
+    pub fn remove(&self, source: &Path) -> Result<Option<usize>, CollectError> {
         let Some(slot) = self.find(source) else {
             return Ok(None);
         };
@@ -131,7 +143,7 @@ impl Collector {
 
     /// Runs rounds on a thread named `log-collector`: back to back while sources are busy,
     /// else every `idle`. Dropping the handle stops it after one last round.
-    pub fn spawn(self: &Arc<Self>, idle: Duration) -> Result<CollectorThread> {
+    pub fn spawn(self: &Arc<Self>, idle: Duration) -> Result<CollectorThread, CollectError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (me, flag) = (self.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -146,7 +158,7 @@ impl Collector {
                     std::thread::park_timeout(idle);
                 }
             })
-            .context("starting the log collector thread")?;
+            .map_err(CollectError::Thread)?;
         Ok(CollectorThread {
             stop,
             handle: Some(handle),

@@ -9,6 +9,9 @@
 //!
 //! Metrics: [`metrics::sample_container`] reads a container's counters from the kernel and
 //! [`metrics::render`] writes them, with route and log-store metrics, as Prometheus text.
+//!
+//! Errors are typed per part: [`StoreError`], [`TailError`], [`CollectError`],
+//! [`RecordError`], [`ForwardTargetError`] and [`metrics::SampleError`].
 
 mod collect;
 mod forward;
@@ -17,8 +20,12 @@ mod record;
 mod store;
 mod tail;
 
-pub use collect::{Collector, CollectorThread, Round};
-pub use forward::{ForwardStats, ForwardTarget, Forwarder, OTLP_SETTING, SYSLOG_SETTING};
-pub use record::{format_time, now_ns, parse_time, AccessEntry, Kind, Record, RecordMeta};
-pub use store::{Follow, Followed, Limits, LogStore, Query, StoreStats};
-pub use tail::{Tailer, MAX_LINE_BYTES, POLL_BYTES, TRUNCATED};
+pub use collect::{CollectError, Collector, CollectorThread, Round};
+pub use forward::{
+    ForwardStats, ForwardTarget, ForwardTargetError, Forwarder, OTLP_SETTING, SYSLOG_SETTING,
+};
+pub use record::{
+    format_time, now_ns, parse_time, AccessEntry, Kind, Record, RecordError, RecordMeta,
+};
+pub use store::{Follow, Followed, Limits, LogStore, Query, StoreError, StoreStats};
+pub use tail::{TailError, Tailer, MAX_LINE_BYTES, POLL_BYTES, TRUNCATED};
