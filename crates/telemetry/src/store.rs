@@ -8,12 +8,21 @@
 //!
 //! Each service has its own lock, taken for one batch at a time and never together with
 //! another service's: a service that floods the store only ever waits for itself.
+//!
+//! A directory is open in one store at a time, across processes and within one. Across
+//! processes a POSIX record lock on `<dir>/.lock` (`fcntl(F_SETLK)`) excludes a second ship:
+//! unlike `flock`, it belongs to the process, so a child forked by any thread (which holds
+//! copies of every fd until it execs) never holds it and a store can be reopened at once.
+//! Such a lock does not exclude the process itself, and closing any fd of the file releases
+//! it, so a registry of the directories open in this process is checked first: the lock file
+//! is only ever opened by the one store that holds it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -32,13 +41,26 @@ const FOLLOW_OVERLAP_NS: u64 = 10_000_000_000;
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another store (another ship on the same state dir) has the directory open.
-    #[error("the log store {dir} is already open (another ship on this state dir?): {error}")]
+    /// Another process (another ship on the same state dir) has the store open.
+    #[error(
+        "the log store {dir} is already open by {holder} (another ship on this state dir?): \
+         stop that ship, or give this one its own state dir",
+        holder = holder(.pid)
+    )]
     Locked {
         /// The store's directory.
         dir: PathBuf,
-        /// What the system said.
-        error: std::io::Error,
+        /// The process holding it, if it could be found.
+        pid: Option<u32>,
+    },
+    /// This process has the store open already.
+    #[error(
+        "the log store {dir} is already open in this process: \
+         share that LogStore (clones are cheap) instead of opening it again"
+    )]
+    AlreadyOpen {
+        /// The store's directory.
+        dir: PathBuf,
     },
     /// A file or directory of the store could not be created, read, renamed or removed.
     #[error("{action} {path}: {error}")]
@@ -69,8 +91,16 @@ impl StoreError {
             StoreError::Io { error, .. } | StoreError::Write { error, .. } => {
                 error.raw_os_error() == Some(libc::ENOSPC)
             }
-            StoreError::Locked { .. } => false,
+            StoreError::Locked { .. } | StoreError::AlreadyOpen { .. } => false,
         }
+    }
+}
+
+/// The holder of a lock, for [`StoreError::Locked`].
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".into(),
     }
 }
 
@@ -159,7 +189,8 @@ pub struct StoreStats {
 }
 
 /// The append-only, size-capped, per-service log store. Cheap to clone (shared); a directory
-/// is open in one store at a time (a second [`LogStore::open`] of it fails).
+/// is open in one store at a time (a second [`LogStore::open`] of it fails, in this process
+/// or another, until every clone of the first is dropped).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
@@ -177,8 +208,90 @@ struct Inner {
     live: broadcast::Sender<Record>,
     /// Where each source's last stored line ended, found in the active segments at open.
     recovered: Mutex<HashMap<SourceKey, Mark>>,
-    /// Holds `<dir>/.lock` (flock) while open: two writers would corrupt each other's segments.
-    _lock: File,
+    /// Held while open: two writers would corrupt each other's segments. Last, so it is
+    /// released after every segment file is closed.
+    _lock: DirLock,
+}
+
+/// Store directories open in this process, by (device, inode): a POSIX record lock does not
+/// exclude its own process.
+static OPEN_DIRS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// A store directory held: listed in [`OPEN_DIRS`], and `<dir>/.lock` locked with
+/// `fcntl(F_SETLK)` (owned by the process, so no forked child ever holds it).
+struct DirLock {
+    /// The locked file; closed before the directory leaves [`OPEN_DIRS`], since a later open
+    /// of the same file must not find this fd (closing it would drop the new holder's lock).
+    file: Option<File>,
+    id: (u64, u64),
+}
+
+impl DirLock {
+    /// Takes `dir` (which exists) for this store, or says who has it.
+    fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        let meta = std::fs::metadata(dir).map_err(io_err("reading", dir))?;
+        let id = (meta.dev(), meta.ino());
+        {
+            let mut open = lock(&OPEN_DIRS);
+            if open.contains(&id) {
+                // Checked before the lock file is opened: closing that fd again would release
+                // the lock the open store holds.
+                return Err(StoreError::AlreadyOpen {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            open.push(id);
+        }
+        // The entry is ours from here on; dropping `held` releases it on every error path.
+        let mut held = DirLock { file: None, id };
+        let path = dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        let mut want = whole_file_lock(libc::F_WRLCK);
+        // SAFETY: fcntl(F_SETLK) on a valid fd reads the flock struct it is given.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &want) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if !matches!(error.raw_os_error(), Some(libc::EACCES | libc::EAGAIN)) {
+                return Err(StoreError::Io {
+                    action: "locking",
+                    path,
+                    error,
+                });
+            }
+            // SAFETY: fcntl(F_GETLK) on a valid fd writes into the flock struct it is given.
+            let found = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut want) } == 0;
+            let pid = (found && want.l_type != libc::F_UNLCK as libc::c_short && want.l_pid > 0)
+                .then_some(want.l_pid as u32);
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        held.file = Some(file);
+        Ok(held)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Closing the fd releases the lock.
+        drop(self.file.take());
+        lock(&OPEN_DIRS).retain(|id| *id != self.id);
+    }
+}
+
+/// A `struct flock` of `kind` covering the whole file.
+fn whole_file_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value (offset 0, length 0 = all).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
 }
 
 /// Identifies one tailed file's records in the store.
@@ -241,23 +354,11 @@ struct ScanLine {
 impl LogStore {
     /// Opens (creating) the store at `dir`: finds its segments, repairs a line torn by a crash
     /// at the end of each active segment, and recovers where each tailed source stopped.
-    /// Fails with [`StoreError::Locked`] while another store has the directory open.
+    /// Fails with [`StoreError::Locked`] or [`StoreError::AlreadyOpen`] while another store
+    /// has the directory open.
     pub fn open(dir: &Path, limits: Limits) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        // SAFETY: flock on a valid fd has no memory-safety preconditions.
-        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-                error: std::io::Error::last_os_error(),
-            });
-        }
+        let dir_lock = DirLock::take(dir)?;
         let limits = Limits {
             // A segment must fit at least twice in the service cap, and a service in the total.
             service_bytes: limits.service_bytes.min(limits.total_bytes),
@@ -302,7 +403,7 @@ impl LogStore {
                 last_error: Mutex::new(None),
                 live: broadcast::channel(LIVE_CAPACITY).0,
                 recovered: Mutex::new(recovered),
-                _lock: lock_file,
+                _lock: dir_lock,
             }),
         })
     }

@@ -1,12 +1,17 @@
 //! The log store on real files: queries, rotation under caps, reopening after a crash,
-//! following, and a really full disk (a tiny tmpfs).
+//! following, a really full disk (a tiny tmpfs), and one store per directory across
+//! processes (and never held by a forked child).
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use starphleet_telemetry::{
-    Followed, Kind, Limits, LogStore, Query, Record, MAX_LINE_BYTES, TRUNCATED,
+    Followed, Kind, Limits, LogStore, Query, Record, StoreError, MAX_LINE_BYTES, TRUNCATED,
 };
 
 fn rec(t: u64, service: &str, container: &str, kind: Kind, line: &str) -> Record {
@@ -269,6 +274,7 @@ fn reopening_keeps_everything_and_cuts_a_torn_last_line() {
     // One store per directory: a second ship on the same state dir is refused.
     let again = LogStore::open(dir.path(), Limits::default()).err().unwrap();
     assert!(format!("{again:#}").contains("already open"), "{again:#}");
+    assert!(matches!(again, StoreError::AlreadyOpen { .. }), "{again:?}");
     assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
     store
         .append(&[rec(4, "echo", "c1", Kind::App, "four")])
@@ -415,4 +421,120 @@ fn a_full_disk_is_counted_and_reported_never_fatal() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Waits for `child` for at most `secs`, killing it after that.
+fn wait_for(mut child: Child, secs: u64) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child process still running after {secs} s: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_forked_child_never_holds_the_store_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    store
+        .append(&[rec(1, "echo", "c1", Kind::App, "before")])
+        .unwrap();
+    // Any thread of the process (another test, the ship starting runc) forks: until it execs
+    // the child holds a copy of every fd, the lock file's too. This one waits there 1 s.
+    let (mut forked, in_child) = UnixStream::pair().unwrap();
+    let signal_fd = in_child.as_raw_fd();
+    let mut command = Command::new("true");
+    // SAFETY: the hook only calls write(2) and sleep(3), both async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::write(signal_fd, b"f".as_ptr().cast(), 1);
+            libc::sleep(1);
+            Ok(())
+        });
+    }
+    // spawn() returns only once the child has exec'd, so it runs on a thread of its own.
+    let spawner = std::thread::spawn(move || {
+        let child = command.spawn();
+        drop(in_child);
+        child
+    });
+    forked
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    forked.read_exact(&mut byte).unwrap();
+    // The child is forked and has not exec'd: the ship restarts its store meanwhile.
+    drop(store);
+    let reopened = LogStore::open(&store_dir, Limits::default());
+    assert!(
+        !spawner.is_finished(),
+        "the child was still between fork and exec"
+    );
+    let store = reopened.expect("a forked child does not hold the store's lock");
+    store
+        .append(&[rec(2, "echo", "c1", Kind::App, "after")])
+        .unwrap();
+    assert_eq!(
+        lines(&store.query(&Query::default()).unwrap()),
+        ["before", "after"]
+    );
+    let out = wait_for(spawner.join().unwrap().unwrap(), 30);
+    assert!(out.status.success());
+}
+
+/// Set for the child process of [`a_second_process_cannot_open_an_open_store`].
+const STORE_CHILD_DIR: &str = "STARPHLEET_TELEMETRY_TEST_STORE_DIR";
+
+/// Another "ship": tries to open the store, says how it went on stdout. Runs only as a child
+/// of that test (it is ignored, and does nothing without the variable).
+#[test]
+#[ignore = "a child process of a_second_process_cannot_open_an_open_store"]
+fn open_store_in_child() {
+    let Some(dir) = std::env::var_os(STORE_CHILD_DIR).map(PathBuf::from) else {
+        return;
+    };
+    match LogStore::open(&dir, Limits::default()) {
+        Ok(_) => println!("child: opened"),
+        Err(e) => println!("child: refused: {e}"),
+    }
+}
+
+/// What [`open_store_in_child`] said about opening `dir`.
+fn open_in_other_process(dir: &Path) -> String {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "open_store_in_child", "--ignored", "--nocapture"])
+        .env(STORE_CHILD_DIR, dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_for(child, 30);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child: "))
+        .unwrap_or_else(|| panic!("no answer from the child: {stdout}"))
+        .to_string()
+}
+
+#[test]
+fn a_second_process_cannot_open_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    let answer = open_in_other_process(dir.path());
+    assert!(
+        answer.starts_with("refused: ")
+            && answer.contains("already open by process")
+            && answer.contains(&std::process::id().to_string()),
+        "{answer}"
+    );
+    drop(store);
+    assert_eq!(open_in_other_process(dir.path()), "opened");
+    // And the child's store is gone with it: this process opens it again.
+    LogStore::open(dir.path(), Limits::default()).unwrap();
 }
