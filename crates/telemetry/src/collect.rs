@@ -2,6 +2,8 @@
 //!
 //! A round gives each source one bounded poll ([`crate::POLL_BYTES`]), so a source that
 //! floods only makes rounds come back to back; every other source is read once per round.
+//! While the store's disk is full, a source whose lines were dropped does not make the next
+//! round come at once: the collector keeps its pace instead of spinning on a full disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +117,8 @@ impl Collector {
     }
 
     /// Polls every source once; errors are logged (once per distinct error per source).
+    /// Lines dropped for a full disk are no error (the store counts them), and do not make
+    /// the round busy.
     pub fn poll_round(&self) -> Round {
         let sources = lock(&self.sources).clone();
         let mut round = Round::default();
@@ -126,7 +130,7 @@ impl Collector {
             match tailer.poll_once(false) {
                 Ok(polled) => {
                     round.records += polled.records;
-                    round.busy |= polled.full;
+                    round.busy |= polled.full && !polled.dropped;
                     slot.last_error = None;
                 }
                 Err(e) => {

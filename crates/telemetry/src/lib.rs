@@ -6,6 +6,8 @@
 //! rotated JSON-lines segments and answers [`Query`]s and follows. Access logs and the
 //! ship's own events are appended to the store directly. A [`Forwarder`] sends records as
 //! they are stored on to a syslog server or an OTLP/HTTP collector, never slowing appends.
+//! A full disk drops log records (counted) but never stops the store, the tailers or the
+//! collector.
 //!
 //! Metrics: [`metrics::sample_container`] reads a container's counters from the kernel and
 //! [`metrics::render`] writes them, with route and log-store metrics, as Prometheus text.

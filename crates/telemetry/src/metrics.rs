@@ -532,6 +532,20 @@ impl Collector for ScrapeCollector {
                 Counter,
                 [([("ship", ship.as_str())], stats.write_errors)],
             )?;
+            family(
+                &mut e,
+                "starphleet_log_dropped_records",
+                "Log records dropped because the disk was full.",
+                Counter,
+                [([("ship", ship.as_str())], stats.dropped_records)],
+            )?;
+            family(
+                &mut e,
+                "starphleet_log_disk_full",
+                "1 while log records are being dropped for a full disk.",
+                Gauge,
+                [([("ship", ship.as_str())], u64::from(stats.disk_full))],
+            )?;
         }
         Ok(())
     }

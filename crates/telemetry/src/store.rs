@@ -9,6 +9,11 @@
 //! Each service has its own lock, taken for one batch at a time and never together with
 //! another service's: a service that floods the store only ever waits for itself.
 //!
+//! A full disk (ENOSPC, EDQUOT) is survived: the store frees its oldest segment and tries
+//! once more, then drops the batch (counted in [`StoreStats::dropped_records`], flagged in
+//! [`StoreStats::disk_full`]) without leaving a torn line, and the next write that fits goes
+//! in as usual.
+//!
 //! A directory is open in one store at a time, across processes and within one. Across
 //! processes a POSIX record lock on `<dir>/.lock` (`fcntl(F_SETLK)`) excludes a second ship:
 //! unlike `flock`, it belongs to the process, so a child forked by any thread (which holds
@@ -24,7 +29,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -85,11 +90,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the disk is full (the store frees its oldest segment and tries once more).
+    /// Whether the disk (or the user's quota) is full: such a batch is dropped and counted
+    /// in [`StoreStats::dropped_records`], and writing resumes once there is room.
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { error, .. } | StoreError::Write { error, .. } => {
-                error.raw_os_error() == Some(libc::ENOSPC)
+                matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
             }
             StoreError::Locked { .. } | StoreError::AlreadyOpen { .. } => false,
         }
@@ -186,6 +192,13 @@ pub struct StoreStats {
     pub write_errors: u64,
     /// The most recent write error.
     pub last_error: Option<String>,
+    /// Records dropped because the disk was full, since the store was opened.
+    #[serde(default)]
+    pub dropped_records: u64,
+    /// The last write failed for a full disk (set by it, cleared by the next write that
+    /// succeeds).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The append-only, size-capped, per-service log store. Cheap to clone (shared); a directory
@@ -205,6 +218,8 @@ struct Inner {
     records: AtomicU64,
     write_errors: AtomicU64,
     last_error: Mutex<Option<String>>,
+    dropped_records: AtomicU64,
+    disk_full: AtomicBool,
     live: broadcast::Sender<Record>,
     /// Where each source's last stored line ended, found in the active segments at open.
     recovered: Mutex<HashMap<SourceKey, Mark>>,
@@ -401,6 +416,8 @@ impl LogStore {
                 records: AtomicU64::new(0),
                 write_errors: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                dropped_records: AtomicU64::new(0),
+                disk_full: AtomicBool::new(false),
                 live: broadcast::channel(LIVE_CAPACITY).0,
                 recovered: Mutex::new(recovered),
                 _lock: dir_lock,
@@ -415,8 +432,9 @@ impl LogStore {
 
     /// Appends records, each to its service; a service's records go in as one batch.
     ///
-    /// A failed write (disk full) is counted in [`StoreStats`] and returned, never a panic:
-    /// the other services' batches are still written, and nothing half-written is left.
+    /// A failed write is counted in [`StoreStats`] and returned, never a panic: the other
+    /// services' batches are still written, and nothing half-written is left. A batch that
+    /// did not fit a full disk is dropped and counted (see [`StoreError::is_disk_full`]).
     pub fn append(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut order: Vec<&str> = Vec::new();
         for r in records {
@@ -488,6 +506,8 @@ impl LogStore {
             records: self.inner.records.load(Ordering::Relaxed),
             write_errors: self.inner.write_errors.load(Ordering::Relaxed),
             last_error: lock(&self.inner.last_error).clone(),
+            dropped_records: self.inner.dropped_records.load(Ordering::Relaxed),
+            disk_full: self.inner.disk_full.load(Ordering::Relaxed),
         }
     }
 
@@ -569,7 +589,8 @@ impl LogStore {
 
     /// Writes one batch under its service's lock, after making room under the caps; `after`
     /// runs under the same lock once the batch is written (a tailer saves its offset there, so
-    /// no other writer can seal the segment between the two).
+    /// no other writer can seal the segment between the two). A batch that fails for a full
+    /// disk even after the oldest segment was freed is dropped and counted.
     pub(crate) fn write(&self, batch: &Batch, after: impl FnOnce()) -> Result<(), StoreError> {
         if batch.data.is_empty() {
             after();
@@ -589,6 +610,7 @@ impl LogStore {
             match &result {
                 Ok(()) => {
                     self.inner.records.fetch_add(batch.count, Ordering::Relaxed);
+                    self.inner.disk_full.store(false, Ordering::Relaxed);
                     after();
                     return Ok(());
                 }
@@ -598,6 +620,12 @@ impl LogStore {
         }
         let err = result.expect_err("only failures get here");
         self.inner.write_errors.fetch_add(1, Ordering::Relaxed);
+        if err.is_disk_full() {
+            self.inner
+                .dropped_records
+                .fetch_add(batch.count, Ordering::Relaxed);
+            self.inner.disk_full.store(true, Ordering::Relaxed);
+        }
         *lock(&self.inner.last_error) = Some(err.to_string());
         Err(err)
     }
@@ -865,7 +893,15 @@ impl ServiceLog {
         let seg = self.segments.back_mut().expect("just pushed");
         if let Err(error) = file.write_all(batch.data) {
             // Cut off whatever part did get written, so no torn line is left behind.
-            let _ = file.set_len(seg.bytes);
+            if let Err(e) = file.set_len(seg.bytes) {
+                // Never append after a torn line: later batches go to a new segment, and
+                // queries read only the `bytes` known to be whole.
+                tracing::warn!(
+                    "cannot cut a failed write off {} ({e}): starting a new segment",
+                    seg.path.display()
+                );
+                self.active = None;
+            }
             return Err(StoreError::Write {
                 count: batch.count,
                 path: seg.path.clone(),

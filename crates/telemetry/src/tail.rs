@@ -11,6 +11,11 @@
 //! every offset stay the same, its disk blocks go): the app keeps appending to the same file
 //! for as long as it runs, and the file never fills the disk. Reading the file by hand shows
 //! NUL bytes where collected lines were; `starphleet logs` is the way to read them.
+//!
+//! When the store's disk is full, a poll's lines are dropped (counted by the store in
+//! [`crate::StoreStats::dropped_records`]) and the tailer moves on past them rather than
+//! retrying them forever; its position is saved again with the next batch that is stored,
+//! and only bytes before a saved position are ever freed from the source.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -37,8 +42,8 @@ pub enum TailError {
         /// What the system said.
         error: std::io::Error,
     },
-    /// The lines read could not be stored; the tailer did not move on, so the next poll
-    /// tries them again.
+    /// The lines read could not be stored (not for a full disk: those are dropped and
+    /// counted); the tailer did not move on, so the next poll tries them again.
     #[error("storing lines of {path}: {error}")]
     Store {
         /// The tailed file.
@@ -110,6 +115,8 @@ pub struct Tailer {
     skip: bool,
     punched: u64,
     last_ns: u64,
+    /// Lines are being dropped for a full disk (logged once when it starts and ends).
+    dropping: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
@@ -119,6 +126,17 @@ pub(crate) struct Polled {
     pub records: usize,
     /// It read a whole [`POLL_BYTES`] or filled a batch: more is probably waiting.
     pub full: bool,
+    /// Lines were dropped because the store's disk is full: better not poll again at once.
+    pub dropped: bool,
+}
+
+/// What storing one read did.
+struct Stored {
+    records: usize,
+    /// Bytes of the read consumed (stored or dropped).
+    consumed: usize,
+    /// They were dropped: the store's disk is full.
+    dropped: bool,
 }
 
 impl Tailer {
@@ -151,6 +169,7 @@ impl Tailer {
             skip: false,
             punched: 0,
             last_ns: 0,
+            dropping: false,
             buf: Vec::new(),
             out: Vec::new(),
         };
@@ -181,7 +200,8 @@ impl Tailer {
     }
 
     /// Reads up to [`POLL_BYTES`] of new complete lines and stores them; returns how many
-    /// records were stored. A last line without its newline waits for it.
+    /// records were stored. A last line without its newline waits for it. Lines the store's
+    /// full disk cannot take are dropped (and counted by the store), not returned as an error.
     pub fn poll(&mut self) -> Result<usize, TailError> {
         Ok(self.poll_once(false)?.records)
     }
@@ -217,6 +237,7 @@ impl Tailer {
         let idle = Polled {
             records: 0,
             full: false,
+            dropped: false,
         };
         if self.file.is_none() && !self.open()? {
             return Ok(idle);
@@ -236,14 +257,18 @@ impl Tailer {
         }
         let n = self.read()?;
         let read_all = n == POLL_BYTES;
-        let (records, consumed) = self.store_lines(n, flush && !read_all)?;
-        if consumed == 0 && !read_all {
+        let stored = self.store_lines(n, flush && !read_all)?;
+        if stored.consumed == 0 && !read_all {
             // Nothing new but perhaps a held last line: was the file replaced meanwhile?
             return self.at_end(flush);
         }
         // Stopped short of what was read (batch full): more is waiting too.
-        let full = read_all || consumed < n;
-        Ok(Polled { records, full })
+        let full = read_all || stored.consumed < n;
+        Ok(Polled {
+            records: stored.records,
+            full,
+            dropped: stored.dropped,
+        })
     }
 
     /// At the end of the file: a replaced file (new inode at the path) is finished off and the
@@ -252,6 +277,7 @@ impl Tailer {
         let idle = Polled {
             records: 0,
             full: false,
+            dropped: false,
         };
         let replaced = match std::fs::metadata(&self.path) {
             Ok(m) => m.ino() != self.ino,
@@ -264,21 +290,18 @@ impl Tailer {
         // The old file gets no more lines: its unfinished last line (shorter than
         // MAX_LINE_BYTES, so one read holds it) is complete as it is.
         let n = self.read()?;
-        let (finished, _) = self.store_lines(n, true)?;
+        let finished = self.store_lines(n, true)?;
         tracing::info!("{} was replaced: tailing the new file", self.path.display());
         self.file = None;
         (self.offset, self.skip, self.punched) = (0, false, 0);
         if self.open()? {
             self.save_position();
         }
-        let more = if flush {
-            self.poll_once(true)?.records
-        } else {
-            0
-        };
+        let more = if flush { self.poll_once(true)? } else { idle };
         Ok(Polled {
-            records: finished + more,
+            records: finished.records + more.records,
             full: false,
+            dropped: finished.dropped || more.dropped,
         })
     }
 
@@ -346,9 +369,9 @@ impl Tailer {
         Ok(n)
     }
 
-    /// Turns the first `n` bytes of `buf` into records, stores them and advances; returns
-    /// the records stored and the bytes consumed.
-    fn store_lines(&mut self, n: usize, flush: bool) -> Result<(usize, usize), TailError> {
+    /// Turns the first `n` bytes of `buf` into records, stores them and advances (also past
+    /// lines dropped for a full disk).
+    fn store_lines(&mut self, n: usize, flush: bool) -> Result<Stored, TailError> {
         let live = self.store.has_followers();
         let mut records = Vec::new();
         let now = now_ns();
@@ -406,7 +429,11 @@ impl Tailer {
             }
         }
         if pos == 0 {
-            return Ok((0, 0));
+            return Ok(Stored {
+                records: 0,
+                consumed: 0,
+                dropped: false,
+            });
         }
         let new_offset = self.offset + pos as u64;
         let batch = Batch {
@@ -424,16 +451,48 @@ impl Tailer {
             time_ns: self.last_ns,
         };
         let state_path = &self.state_path;
-        self.store
-            .write(&batch, || save(state_path, &position))
-            .map_err(|error| TailError::Store {
-                path: self.path.clone(),
-                error,
-            })?;
+        match self.store.write(&batch, || save(state_path, &position)) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => {
+                // Dropped and counted by the store: move on, or the same lines would be
+                // retried for as long as the disk stays full. Nothing is freed from the
+                // source (no position was saved past these lines).
+                if !self.dropping {
+                    tracing::warn!(
+                        "log store full: dropping lines of {} until there is room ({e})",
+                        self.path.display()
+                    );
+                    self.dropping = true;
+                }
+                (self.offset, self.skip) = (new_offset, skip);
+                return Ok(Stored {
+                    records: 0,
+                    consumed: pos,
+                    dropped: true,
+                });
+            }
+            Err(error) => {
+                return Err(TailError::Store {
+                    path: self.path.clone(),
+                    error,
+                })
+            }
+        }
+        if self.dropping {
+            tracing::info!(
+                "log store has room again: storing lines of {}",
+                self.path.display()
+            );
+            self.dropping = false;
+        }
         (self.offset, self.skip) = (new_offset, skip);
         self.store.publish(records.into_iter());
         self.punch();
-        Ok((count as usize, pos))
+        Ok(Stored {
+            records: count as usize,
+            consumed: pos,
+            dropped: false,
+        })
     }
 
     fn save_position(&self) {

@@ -2,6 +2,8 @@
 //! following, a really full disk (a tiny tmpfs), and one store per directory across
 //! processes (and never held by a forked child).
 
+mod common;
+
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Tmpfs;
 use starphleet_telemetry::{
     Followed, Kind, Limits, LogStore, Query, Record, StoreError, MAX_LINE_BYTES, TRUNCATED,
 };
@@ -330,97 +333,151 @@ async fn followers_get_the_backlog_then_every_new_record_once() {
     assert_eq!(sub.recv().await.unwrap().line, "event");
 }
 
-/// Mounts a tmpfs of `size` at `dir`; false (after a loud message) where that is impossible.
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("\n*** SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run ***\n");
+/// Every segment under `dir` holds whole records only: no torn line anywhere.
+fn assert_whole_lines(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let name = entry.file_name();
+        if entry.file_type().unwrap().is_dir() {
+            if name != ".tail" {
+                assert_whole_lines(&path);
+            }
+            continue;
+        }
+        if !name.to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        assert!(
+            data.is_empty() || data.ends_with(b"\n"),
+            "{} ends in a torn line",
+            path.display()
+        );
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            serde_json::from_slice::<Record>(line)
+                .unwrap_or_else(|e| panic!("{}: a torn line ({e})", path.display()));
+        }
     }
-    ok
 }
 
 #[test]
 fn a_full_disk_is_counted_and_reported_never_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    if !mount_tmpfs(dir.path(), "1m") {
+    let Some(disk) = Tmpfs::mount("1m") else {
         return;
-    }
-    let result = std::panic::catch_unwind(|| {
-        let store_dir = dir.path().join("store");
-        let store = LogStore::open(&store_dir, Limits::default()).unwrap();
-        let line = "y".repeat(900);
-        let batch = |service: &str, n: u64, base: u64| -> Vec<Record> {
-            (0..n)
-                .map(|i| {
-                    rec(
-                        base + i,
-                        service,
-                        "c1",
-                        Kind::App,
-                        &format!("{service} {i} {line}"),
-                    )
-                })
-                .collect()
-        };
-        store.append(&batch("noisy", 300, 0)).unwrap();
-        // Something else fills the disk.
-        let filler = dir.path().join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=4k"])
-            .arg(format!("of={}", filler.display()))
-            .output();
-        // Full: the store frees its oldest segment and the quiet service's line still lands.
-        store.append(&batch("quiet", 1, 1000)).unwrap();
-        assert!(
-            store
+    };
+    let store_dir = disk.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let line = "y".repeat(900);
+    let batch = |service: &str, n: u64, base: u64| -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                rec(
+                    base + i,
+                    service,
+                    "c1",
+                    Kind::App,
+                    &format!("{service} {i} {line}"),
+                )
+            })
+            .collect()
+    };
+    store.append(&batch("noisy", 300, 0)).unwrap();
+    // Something else fills the disk.
+    let filler = disk.fill();
+    // Full: the store frees its oldest segment and the quiet service's line still lands.
+    store.append(&batch("quiet", 1, 1000)).unwrap();
+    assert!(
+        store
+            .query(&Query {
+                service: Some("noisy".into()),
+                ..Query::default()
+            })
+            .unwrap()
+            .is_empty(),
+        "the noisy service's old segment made room"
+    );
+    assert_eq!(
+        lines(
+            &store
                 .query(&Query {
-                    service: Some("noisy".into()),
+                    service: Some("quiet".into()),
                     ..Query::default()
                 })
                 .unwrap()
-                .is_empty(),
-            "the noisy service's old segment made room"
-        );
-        assert_eq!(
-            lines(
-                &store
-                    .query(&Query {
-                        service: Some("quiet".into()),
-                        ..Query::default()
-                    })
-                    .unwrap()
-            )
-            .len(),
-            1
-        );
-        // More than the disk can hold even after the store gave up all it had: an error,
-        // counted, and no torn line left behind.
-        let err = store.append(&batch("quiet", 2000, 2000)).unwrap_err();
-        assert!(format!("{err:#}").contains("No space left"), "{err:#}");
-        let stats = store.stats();
-        assert_eq!(stats.write_errors, 1);
-        assert!(stats.last_error.unwrap().contains("No space left"));
-        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
-        // Once there is room again, writing simply goes on.
-        std::fs::remove_file(&filler).unwrap();
-        store.append(&batch("quiet", 5, 9000)).unwrap();
-        let quiet = store
-            .query(&Query {
-                service: Some("quiet".into()),
-                ..Query::default()
+        )
+        .len(),
+        1
+    );
+    let stats = store.stats();
+    assert_eq!((stats.dropped_records, stats.disk_full), (0, false));
+    // More than the disk can hold even after the store gave up all it had: an error,
+    // counted, the batch dropped, and no torn line left behind.
+    let err = store.append(&batch("quiet", 2000, 2000)).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+    let stats = store.stats();
+    assert_eq!(stats.write_errors, 1);
+    assert!(stats.last_error.unwrap().contains("No space left"));
+    assert_eq!(stats.dropped_records, 2000);
+    assert!(stats.disk_full);
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+    assert_whole_lines(&store_dir);
+    // Once there is room again, writing simply goes on, in the same store.
+    std::fs::remove_file(&filler).unwrap();
+    store.append(&batch("quiet", 5, 9000)).unwrap();
+    let quiet = store
+        .query(&Query {
+            service: Some("quiet".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(quiet.len(), 5, "{:?}", lines(&quiet));
+    let stats = store.stats();
+    assert_eq!(stats.dropped_records, 2000, "the count is cumulative");
+    assert!(!stats.disk_full, "a write went in again");
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+    assert_whole_lines(&store_dir);
+}
+
+#[test]
+fn a_disk_that_fills_up_mid_stream_drops_whole_batches_and_recovers() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let store_dir = disk.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let line = "z".repeat(200);
+    // Small batches until the disk is full: each one either goes in whole or is dropped.
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for i in 0..2000u64 {
+        let batch: Vec<Record> = (0..10)
+            .map(|j| {
+                rec(
+                    i * 10 + j,
+                    "echo",
+                    "c1",
+                    Kind::App,
+                    &format!("{i}.{j} {line}"),
+                )
             })
-            .unwrap();
-        assert_eq!(quiet.len(), 5, "{:?}", lines(&quiet));
-        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
-    });
-    let _ = Command::new("umount").arg(dir.path()).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+            .collect();
+        sent += 10;
+        if store.append(&batch).is_err() {
+            failed += 10;
+            let stats = store.stats();
+            assert!(stats.disk_full, "{:?}", stats.last_error);
+            assert_eq!(stats.dropped_records, failed);
+        }
     }
+    let stats = store.stats();
+    assert!(failed > 0, "2000 batches of ~2.5 KiB filled a 2 MiB disk");
+    assert_eq!(stats.records + stats.dropped_records, sent);
+    assert_whole_lines(&store_dir);
+    let kept = store.query(&Query::default()).unwrap();
+    // Everything kept is whole; segments freed to make room took whole batches with them.
+    assert!(kept.iter().all(|r| r.line.ends_with(&line)));
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
 }
 
 /// Waits for `child` for at most `secs`, killing it after that.
