@@ -98,9 +98,12 @@ impl Collector {
         Ok(true)
     }
 
-    /// Stops tailing `source` after collecting all of it (see [`Tailer::close`]); returns the
-    /// records stored, or `None` if it was not tailed. On error it stays collected, and
-    /// removing it can be tried again.
+    /// Stops tailing `source` after collecting all of it (see [`Tailer::close`]) and forgets
+    /// it entirely: its file is closed (so it can be deleted and its space freed) and its
+    /// saved position removed. Returns the records stored, or `None` if it was not tailed.
+    /// On error it stays collected, and removing it can be tried again. The store keeps the
+    /// service's segment open for other sources; once a service is gone for good, call
+    /// [`LogStore::close_service`] too.
     pub fn remove(&self, source: &Path) -> Result<Option<usize>, CollectError> {
         let Some(slot) = self.find(source) else {
             return Ok(None);
@@ -110,6 +113,7 @@ impl Collector {
             return Ok(None);
         };
         let records = tailer.finish()?;
+        // Dropping the tailer closes the file now, even while a round still holds the slot.
         guard.tailer = None;
         drop(guard);
         lock(&self.sources).retain(|s| !Arc::ptr_eq(s, &slot));

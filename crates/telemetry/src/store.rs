@@ -511,6 +511,31 @@ impl LogStore {
         }
     }
 
+    /// Closes `service`'s open segment (sealing it), so a removed service holds no file
+    /// open; its records stay queryable and under the caps, and a later write to it starts
+    /// a new segment. Nothing happens for a service without an open segment.
+    pub fn close_service(&self, service: &str) {
+        let Some(log) = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
+        else {
+            return;
+        };
+        let mut log = lock(&log);
+        if log.active.take().is_some() {
+            if let Some(seg) = log.segments.back_mut() {
+                if let Err(e) = seal(seg) {
+                    // Still closed; reopening the store seals it.
+                    tracing::warn!("closing the log of {service:?}: {e}");
+                }
+            }
+        }
+    }
+
     /// Records matching `q`, merged across the service's containers and versions (or across
     /// all services) in time order, newest last; with a limit, the newest `limit`.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, StoreError> {

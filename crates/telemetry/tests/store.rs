@@ -1,6 +1,6 @@
 //! The log store on real files: queries, rotation under caps, reopening after a crash,
-//! following, a really full disk (a tiny tmpfs), and one store per directory across
-//! processes (and never held by a forked child).
+//! following, a really full disk (a tiny tmpfs), one store per directory across processes
+//! (and never held by a forked child), and closing a removed service's files.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tmpfs;
+use common::{open_fds_under, Tmpfs};
 use starphleet_telemetry::{
     Followed, Kind, Limits, LogStore, Query, Record, StoreError, MAX_LINE_BYTES, TRUNCATED,
 };
@@ -594,4 +594,45 @@ fn a_second_process_cannot_open_an_open_store() {
     assert_eq!(open_in_other_process(dir.path()), "opened");
     // And the child's store is gone with it: this process opens it again.
     LogStore::open(dir.path(), Limits::default()).unwrap();
+}
+
+#[test]
+fn a_closed_service_holds_no_file_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    store
+        .append(&[
+            rec(1, "gone", "c1", Kind::App, "gone 1"),
+            rec(2, "stays", "c2", Kind::App, "stays 1"),
+        ])
+        .unwrap();
+    let (gone, stays) = (dir.path().join("gone"), dir.path().join("stays"));
+    assert_eq!((open_fds_under(&gone), open_fds_under(&stays)), (1, 1));
+    store.close_service("gone");
+    assert_eq!((open_fds_under(&gone), open_fds_under(&stays)), (0, 1));
+    store.close_service("gone");
+    store.close_service("never-there");
+    let service = |name: &str| Query {
+        service: Some(name.into()),
+        ..Query::default()
+    };
+    assert_eq!(lines(&store.query(&service("gone")).unwrap()), ["gone 1"]);
+    // A later write opens a segment again.
+    store
+        .append(&[rec(3, "gone", "c1", Kind::App, "gone 2")])
+        .unwrap();
+    assert_eq!(open_fds_under(&gone), 1);
+    store.close_service("gone");
+    assert_eq!(open_fds_under(&gone), 0);
+    assert_eq!(
+        lines(&store.query(&service("gone")).unwrap()),
+        ["gone 1", "gone 2"]
+    );
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+    drop(store);
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(
+        lines(&store.query(&Query::default()).unwrap()),
+        ["gone 1", "stays 1", "gone 2"]
+    );
 }

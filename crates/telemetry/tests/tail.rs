@@ -1,6 +1,7 @@
 //! Tailing real files written by real processes: every line exactly once across restarts,
 //! partial and over-long lines, truncation and replacement, freeing collected bytes,
-//! fairness between a flooding source and a quiet one, and a full disk under the store.
+//! fairness between a flooding source and a quiet one, a full disk under the store, and
+//! removed sources letting go of their files.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Tmpfs;
+use common::{open_fds_under, Tmpfs};
 use starphleet_telemetry::{
     Collector, Kind, Limits, LogStore, Query, RecordMeta, Tailer, MAX_LINE_BYTES, TRUNCATED,
 };
@@ -540,10 +541,12 @@ fn a_full_disk_drops_counted_lines_and_collecting_goes_on() {
     let before = store.stats();
     assert_eq!(collector.poll_round().records, 0);
     assert_eq!(store.stats(), before);
-    // A source removed while the disk is full is finished off (its lines dropped, counted).
+    // A source removed while the disk is full is finished off (its lines dropped, counted)
+    // and closed, so its file can go.
     append(&gone, &wide_lines("gone-late", 10));
     assert_eq!(collector.remove(&gone).unwrap(), Some(0));
     assert_eq!(store.stats().dropped_records, 3110);
+    assert_eq!(open_fds_under(&gone), 0);
     assert_eq!(collector.sources(), std::slice::from_ref(&file));
 
     // Room again: the same collector and store go on where the app is now.
@@ -563,4 +566,37 @@ fn a_full_disk_drops_counted_lines_and_collecting_goes_on() {
     append(&file, "last\n");
     assert_eq!(tailer.poll().unwrap(), 1);
     assert_eq!(lines_of(&store, "echo").len(), 501);
+}
+
+#[test]
+fn a_removed_source_leaves_no_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let collector = Collector::new(store.clone());
+    let (out, err) = (dir.path().join("c1.out"), dir.path().join("c1.err"));
+    collector.add(&out, meta("echo", "c1")).unwrap();
+    collector.add(&err, meta("echo", "c1")).unwrap();
+    append(&out, "out 1\n");
+    append(&err, "err 1\n");
+    assert_eq!(collector.poll_round().records, 2);
+    assert_eq!((open_fds_under(&out), open_fds_under(&err)), (1, 1));
+
+    append(&out, "out 2 without newline");
+    assert_eq!(collector.remove(&out).unwrap(), Some(1));
+    assert_eq!(open_fds_under(&out), 0, "the removed source is closed");
+    assert_eq!(open_fds_under(&err), 1, "the other one is still tailed");
+    assert_eq!(collector.remove(&out).unwrap(), None, "forgotten");
+    assert_eq!(collector.remove(&err).unwrap(), Some(0));
+    assert_eq!(open_fds_under(&err), 0);
+    assert!(collector.sources().is_empty());
+    // The service is gone for good: the store lets go of its segment too.
+    let service_dir = store_dir.join("echo");
+    assert_eq!(open_fds_under(&service_dir), 1);
+    store.close_service("echo");
+    assert_eq!(open_fds_under(&service_dir), 0);
+    assert_eq!(
+        all_lines(&store, "echo"),
+        ["out 1", "err 1", "out 2 without newline"]
+    );
 }

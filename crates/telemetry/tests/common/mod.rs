@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a real small disk (tmpfs) to fill.
+//! Helpers shared by the integration tests: a real small disk (tmpfs) to fill, and counting
+//! the files this process holds open.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -69,4 +70,13 @@ impl Drop for Tmpfs {
             }
         }
     }
+}
+
+/// How many of this process's fds point at `path` or into it.
+pub fn open_fds_under(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(path))
+        .count()
 }
