@@ -2,6 +2,8 @@
 //!
 //! A round gives each source one bounded poll ([`crate::POLL_BYTES`]), so a source that
 //! floods only makes rounds come back to back; every other source is read once per round.
+//! While the store's disk is full, a source whose lines were dropped does not make the next
+//! round come at once: the collector keeps its pace instead of spinning on a full disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +11,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-
 use crate::record::RecordMeta;
 use crate::store::LogStore;
-use crate::tail::Tailer;
+use crate::tail::{TailError, Tailer};
+
+/// Why a collector could not add, update or remove a source, or start.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// [`Collector::add`] of a file that is tailed already.
+    #[error("{0} is already collected")]
+    AlreadyCollected(PathBuf),
+    /// The source's tailer failed.
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    /// The collector thread could not be started.
+    #[error("starting the log collector thread: {0}")]
+    Thread(std::io::Error),
+}
 
 /// A set of tailers feeding one store.
 pub struct Collector {
@@ -47,10 +61,10 @@ impl Collector {
     }
 
     /// Starts tailing `source` (see [`Tailer::new`]); an error if it is tailed already.
-    pub fn add(&self, source: impl Into<PathBuf>, meta: RecordMeta) -> Result<()> {
+    pub fn add(&self, source: impl Into<PathBuf>, meta: RecordMeta) -> Result<(), CollectError> {
         let source = source.into();
         if self.find(&source).is_some() {
-            bail!("{} is already collected", source.display());
+            return Err(CollectError::AlreadyCollected(source));
         }
         let tailer = Tailer::new(&self.store, source, meta)?;
         lock(&self.sources).push(Arc::new(Mutex::new(Slot {
@@ -71,7 +85,7 @@ impl Collector {
 
     /// Collects what `source` has so far under its old version, then stamps later lines with
     /// `version`; false if it is not tailed.
-    pub fn set_version(&self, source: &Path, version: &str) -> Result<bool> {
+    pub fn set_version(&self, source: &Path, version: &str) -> Result<bool, CollectError> {
         let Some(slot) = self.find(source) else {
             return Ok(false);
         };
@@ -84,10 +98,13 @@ impl Collector {
         Ok(true)
     }
 
-    /// Stops tailing `source` after collecting all of it (see [`Tailer::close`]); returns the
-    /// records stored, or `None` if it was not tailed. On error it stays collected, and
-    /// removing it can be tried again.
-    pub fn remove(&self, source: &Path) -> Result<Option<usize>> {
+    /// Stops tailing `source` after collecting all of it (see [`Tailer::close`]) and forgets
+    /// it entirely: its file is closed (so it can be deleted and its space freed) and its
+    /// saved position removed. Returns the records stored, or `None` if it was not tailed.
+    /// On error it stays collected, and removing it can be tried again. The store keeps the
+    /// service's segment open for other sources; once a service is gone for good, call
+    /// [`LogStore::close_service`] too.
+    pub fn remove(&self, source: &Path) -> Result<Option<usize>, CollectError> {
         let Some(slot) = self.find(source) else {
             return Ok(None);
         };
@@ -96,6 +113,7 @@ impl Collector {
             return Ok(None);
         };
         let records = tailer.finish()?;
+        // Dropping the tailer closes the file now, even while a round still holds the slot.
         guard.tailer = None;
         drop(guard);
         lock(&self.sources).retain(|s| !Arc::ptr_eq(s, &slot));
@@ -103,6 +121,8 @@ impl Collector {
     }
 
     /// Polls every source once; errors are logged (once per distinct error per source).
+    /// Lines dropped for a full disk are no error (the store counts them), and do not make
+    /// the round busy.
     pub fn poll_round(&self) -> Round {
         let sources = lock(&self.sources).clone();
         let mut round = Round::default();
@@ -114,7 +134,7 @@ impl Collector {
             match tailer.poll_once(false) {
                 Ok(polled) => {
                     round.records += polled.records;
-                    round.busy |= polled.full;
+                    round.busy |= polled.full && !polled.dropped;
                     slot.last_error = None;
                 }
                 Err(e) => {
@@ -131,7 +151,7 @@ impl Collector {
 
     /// Runs rounds on a thread named `log-collector`: back to back while sources are busy,
     /// else every `idle`. Dropping the handle stops it after one last round.
-    pub fn spawn(self: &Arc<Self>, idle: Duration) -> Result<CollectorThread> {
+    pub fn spawn(self: &Arc<Self>, idle: Duration) -> Result<CollectorThread, CollectError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (me, flag) = (self.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -146,7 +166,7 @@ impl Collector {
                     std::thread::park_timeout(idle);
                 }
             })
-            .context("starting the log collector thread")?;
+            .map_err(CollectError::Thread)?;
         Ok(CollectorThread {
             stop,
             handle: Some(handle),

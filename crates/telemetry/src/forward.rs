@@ -66,6 +66,35 @@ const SD_ID: &str = "starphleet@32473";
 /// APP-NAME and `service.name` of ship-wide records, which have no service.
 const SHIP_APP: &str = "starphleet";
 
+/// A log-forwarding setting in `.starphleet` that names no usable endpoint; the message
+/// names the key, the value, what is wrong and the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardTargetError {
+    /// A bad [`SYSLOG_SETTING`].
+    #[error(
+        "{key}={value:?}: {reason}; expected tcp://host:port, e.g. tcp://logs.example.com:514",
+        key = SYSLOG_SETTING
+    )]
+    Syslog {
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A bad [`OTLP_SETTING`].
+    #[error(
+        "{key}={value:?}: {reason}; expected http://host:port/v1/logs, \
+         e.g. http://otel-collector:4318/v1/logs",
+        key = OTLP_SETTING
+    )]
+    Otlp {
+        /// The value as written.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// Where to forward logs; parsed from `.starphleet` settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardTarget {
@@ -85,7 +114,9 @@ impl ForwardTarget {
     /// Reads `STARPHLEET_LOG_SYSLOG=tcp://host:port` and `STARPHLEET_LOG_OTLP=http://host:port/v1/logs`
     /// from settings pairs (the last of a repeated key wins, an empty value turns it off);
     /// errors name the key and the expected form.
-    pub fn from_settings(settings: &[(String, String)]) -> Result<Vec<ForwardTarget>, String> {
+    pub fn from_settings(
+        settings: &[(String, String)],
+    ) -> Result<Vec<ForwardTarget>, ForwardTargetError> {
         let last = |key: &str| {
             settings
                 .iter()
@@ -115,12 +146,10 @@ impl fmt::Display for ForwardTarget {
     }
 }
 
-fn parse_syslog(value: &str) -> Result<ForwardTarget, String> {
-    let bad = |why: &str| {
-        format!(
-            "{SYSLOG_SETTING}={value:?}: {why}; expected tcp://host:port, \
-             e.g. tcp://logs.example.com:514"
-        )
+fn parse_syslog(value: &str) -> Result<ForwardTarget, ForwardTargetError> {
+    let bad = |why: &str| ForwardTargetError::Syslog {
+        value: value.to_string(),
+        reason: why.to_string(),
     };
     let rest = match value.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tcp") => rest,
@@ -152,12 +181,10 @@ fn parse_syslog(value: &str) -> Result<ForwardTarget, String> {
     }
 }
 
-fn parse_otlp(value: &str) -> Result<ForwardTarget, String> {
-    let bad = |why: &str| {
-        format!(
-            "{OTLP_SETTING}={value:?}: {why}; expected http://host:port/v1/logs, \
-             e.g. http://otel-collector:4318/v1/logs"
-        )
+fn parse_otlp(value: &str) -> Result<ForwardTarget, ForwardTargetError> {
+    let bad = |why: &str| ForwardTargetError::Otlp {
+        value: value.to_string(),
+        reason: why.to_string(),
     };
     match value.split_once("://").map(|(scheme, _)| scheme) {
         Some(s) if s.eq_ignore_ascii_case("http") => {}

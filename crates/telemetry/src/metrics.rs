@@ -8,7 +8,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -23,6 +22,46 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub const DEFAULT_LATENCY_BOUNDS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Why [`sample_container`] could not sample a container (most often: it is gone).
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// Its cgroup counters could not be read; `detail` is the runtime's explanation.
+    #[error("{detail}")]
+    Cgroups {
+        /// The container's first process.
+        pid: u32,
+        /// What went wrong, with its causes.
+        detail: String,
+    },
+    /// Its veth's counters could not be read; `detail` is the runtime's explanation.
+    #[error("{detail}")]
+    Net {
+        /// The host-side veth.
+        veth: String,
+        /// What went wrong, with its causes.
+        detail: String,
+    },
+    /// `/proc/<pid>/stat` could not be read.
+    #[error("reading /proc/{pid}/stat (is the process gone?): {error}")]
+    ProcessGone {
+        /// The process.
+        pid: u32,
+        /// Why it could not be read.
+        error: std::io::Error,
+    },
+    /// `/proc/<pid>/stat` or `/proc/stat` did not hold the start time it always has.
+    #[error("parsing {file}: {what} not found")]
+    Unparsable {
+        /// The file read.
+        file: String,
+        /// The field missing.
+        what: &'static str,
+    },
+    /// `/proc/stat` could not be read.
+    #[error("reading /proc/stat: {0}")]
+    ProcStat(std::io::Error),
+}
 
 /// Who a container is: the labels of its metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,12 +206,22 @@ pub fn render(scrape: Scrape) -> String {
 /// Samples a running container from the kernel: its cgroup counters (v1, v2 or hybrid), its
 /// first process's start time and, given its host-side veth, its network counters. Call it
 /// inside the network namespace that holds the veth. `restarts` is left 0 for the caller.
-pub async fn sample_container(pid: u32, host_veth: Option<&str>) -> Result<ContainerSample> {
-    let cg = starphleet_runtime::cgroups::stats(pid)?;
+pub async fn sample_container(
+    pid: u32,
+    host_veth: Option<&str>,
+) -> Result<ContainerSample, SampleError> {
+    let cg = starphleet_runtime::cgroups::stats(pid).map_err(|e| SampleError::Cgroups {
+        pid,
+        detail: format!("{e:#}"),
+    })?;
     let started_at_s = process_start_time(pid)?;
     let net = match host_veth {
         Some(veth) => starphleet_runtime::net::link_stats(veth)
-            .await?
+            .await
+            .map_err(|e| SampleError::Net {
+                veth: veth.to_string(),
+                detail: format!("{e:#}"),
+            })?
             // What the host side sends, the container receives, and the other way round.
             .map(|s| NetSample {
                 rx_bytes: s.tx_bytes,
@@ -198,19 +247,26 @@ pub async fn sample_container(pid: u32, host_veth: Option<&str>) -> Result<Conta
 }
 
 /// When `pid` started, Unix seconds: boot time plus its start in clock ticks since boot.
-fn process_start_time(pid: u32) -> Result<f64> {
+fn process_start_time(pid: u32) -> Result<f64, SampleError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat (is the process gone?)"))?;
+        .map_err(|error| SampleError::ProcessGone { pid, error })?;
     // Field 22 (starttime); fields after the parenthesised command name start at field 3.
     let ticks: u64 = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(19))
         .and_then(|f| f.parse().ok())
-        .with_context(|| format!("parsing /proc/{pid}/stat"))?;
-    let btime: u64 = std::fs::read_to_string("/proc/stat")?
+        .ok_or_else(|| SampleError::Unparsable {
+            file: format!("/proc/{pid}/stat"),
+            what: "starttime (field 22)",
+        })?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .map_err(SampleError::ProcStat)?
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
-        .context("no btime in /proc/stat")?;
+        .ok_or_else(|| SampleError::Unparsable {
+            file: "/proc/stat".into(),
+            what: "btime",
+        })?;
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok(btime as f64 + ticks as f64 / hz)
@@ -475,6 +531,20 @@ impl Collector for ScrapeCollector {
                 "Log batches that could not be stored (disk full, I/O errors).",
                 Counter,
                 [([("ship", ship.as_str())], stats.write_errors)],
+            )?;
+            family(
+                &mut e,
+                "starphleet_log_dropped_records",
+                "Log records dropped because the disk was full.",
+                Counter,
+                [([("ship", ship.as_str())], stats.dropped_records)],
+            )?;
+            family(
+                &mut e,
+                "starphleet_log_disk_full",
+                "1 while log records are being dropped for a full disk.",
+                Gauge,
+                [([("ship", ship.as_str())], u64::from(stats.disk_full))],
             )?;
         }
         Ok(())

@@ -4,8 +4,21 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+/// Why a log kind or a time given by a user could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not one of [`Kind::ALL`].
+    #[error("unknown log kind {0:?}: expected one of app, build, access, ship, health")]
+    UnknownKind(String),
+    /// Neither a duration ago, an RFC 3339 time from 1970 on nor `now`.
+    #[error(
+        "cannot read {0:?} as a time: use a duration ago like 10m or 2h, \
+         or a UTC time like 2024-05-01T10:00:00Z"
+    )]
+    BadTime(String),
+}
 
 /// What produced a record.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,15 +65,13 @@ impl fmt::Display for Kind {
 }
 
 impl FromStr for Kind {
-    type Err = anyhow::Error;
+    type Err = RecordError;
 
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self, RecordError> {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .with_context(|| {
-                format!("unknown log kind {s:?}: expected one of app, build, access, ship, health")
-            })
+            .ok_or_else(|| RecordError::UnknownKind(s.to_string()))
     }
 }
 
@@ -148,7 +159,7 @@ pub fn format_time(ns: u64) -> String {
 
 /// Parses `--since`/`--until`: a duration ago (`10m`, `1h30m`, `2days`), an RFC 3339 time
 /// (`2024-05-01T10:00:00Z`, `2024-05-01 10:00:00`, taken as UTC) or `now`; returns UTC ns.
-pub fn parse_time(text: &str, now_ns: u64) -> Result<u64> {
+pub fn parse_time(text: &str, now_ns: u64) -> Result<u64, RecordError> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("now") {
         return Ok(now_ns);
@@ -156,16 +167,12 @@ pub fn parse_time(text: &str, now_ns: u64) -> Result<u64> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(now_ns.saturating_sub(ago.as_nanos().min(u64::MAX as u128) as u64));
     }
-    match humantime::parse_rfc3339_weak(text) {
-        Ok(t) => Ok(t
-            .duration_since(UNIX_EPOCH)
-            .context("times before 1970 are not supported")?
-            .as_nanos() as u64),
-        Err(_) => bail!(
-            "cannot read {text:?} as a time: use a duration ago like 10m or 2h, \
-             or a UTC time like 2024-05-01T10:00:00Z"
-        ),
-    }
+    // humantime refuses years before 1970, so a parsed time is never before the epoch.
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .ok_or_else(|| RecordError::BadTime(text.to_string()))
 }
 
 /// One proxied request, for the access log.
@@ -251,7 +258,14 @@ mod tests {
             parse_time("2023-11-14 22:13:20", now).unwrap(),
             1_700_000_000_000_000_000
         );
-        assert!(parse_time("yesterday-ish", now).is_err());
+        assert_eq!(
+            parse_time("yesterday-ish", now),
+            Err(RecordError::BadTime("yesterday-ish".into()))
+        );
+        assert_eq!(
+            parse_time("1969-12-31T23:59:59Z", now),
+            Err(RecordError::BadTime("1969-12-31T23:59:59Z".into()))
+        );
         assert_eq!(
             format_time(1_700_000_000_000_001_000),
             "2023-11-14T22:13:20.000001Z"

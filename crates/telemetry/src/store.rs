@@ -8,17 +8,30 @@
 //!
 //! Each service has its own lock, taken for one batch at a time and never together with
 //! another service's: a service that floods the store only ever waits for itself.
+//!
+//! A full disk (ENOSPC, EDQUOT) is survived: the store frees its oldest segment and tries
+//! once more, then drops the batch (counted in [`StoreStats::dropped_records`], flagged in
+//! [`StoreStats::disk_full`]) without leaving a torn line, and the next write that fits goes
+//! in as usual.
+//!
+//! A directory is open in one store at a time, across processes and within one. Across
+//! processes a POSIX record lock on `<dir>/.lock` (`fcntl(F_SETLK)`) excludes a second ship:
+//! unlike `flock`, it belongs to the process, so a child forked by any thread (which holds
+//! copies of every fd until it execs) never holds it and a store can be reopened at once.
+//! Such a lock does not exclude the process itself, and closing any fd of the file releases
+//! it, so a registry of the directories open in this process is checked first: the lock file
+//! is only ever opened by the one store that holds it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -29,6 +42,85 @@ const LIVE_CAPACITY: usize = 16 * 1024;
 
 /// Records this close before a follow started are checked against the backlog for doubles.
 const FOLLOW_OVERLAP_NS: u64 = 10_000_000_000;
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (another ship on the same state dir) has the store open.
+    #[error(
+        "the log store {dir} is already open by {holder} (another ship on this state dir?): \
+         stop that ship, or give this one its own state dir",
+        holder = holder(.pid)
+    )]
+    Locked {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The process holding it, if it could be found.
+        pid: Option<u32>,
+    },
+    /// This process has the store open already.
+    #[error(
+        "the log store {dir} is already open in this process: \
+         share that LogStore (clones are cheap) instead of opening it again"
+    )]
+    AlreadyOpen {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// A file or directory of the store could not be created, read, renamed or removed.
+    #[error("{action} {path}: {error}")]
+    Io {
+        /// What was being done, e.g. `creating`.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// A batch of records could not be written; nothing of it was kept.
+    #[error("writing {count} log records to {path}: {error}")]
+    Write {
+        /// Records in the batch.
+        count: u64,
+        /// The segment written to.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the disk (or the user's quota) is full: such a batch is dropped and counted
+    /// in [`StoreStats::dropped_records`], and writing resumes once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { error, .. } | StoreError::Write { error, .. } => {
+                matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            StoreError::Locked { .. } | StoreError::AlreadyOpen { .. } => false,
+        }
+    }
+}
+
+/// The holder of a lock, for [`StoreError::Locked`].
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".into(),
+    }
+}
+
+/// Maps an I/O error to [`StoreError::Io`] naming what was done to which path.
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |error| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        error,
+    }
+}
 
 /// Size caps of the store (settings with defaults). A segment is clamped to half the service
 /// cap; caps under a few MiB make little sense, as one tailer batch can be up to 1 MiB.
@@ -100,10 +192,18 @@ pub struct StoreStats {
     pub write_errors: u64,
     /// The most recent write error.
     pub last_error: Option<String>,
+    /// Records dropped because the disk was full, since the store was opened.
+    #[serde(default)]
+    pub dropped_records: u64,
+    /// The last write failed for a full disk (set by it, cleared by the next write that
+    /// succeeds).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The append-only, size-capped, per-service log store. Cheap to clone (shared); a directory
-/// is open in one store at a time (a second [`LogStore::open`] of it fails).
+/// is open in one store at a time (a second [`LogStore::open`] of it fails, in this process
+/// or another, until every clone of the first is dropped).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
@@ -118,11 +218,95 @@ struct Inner {
     records: AtomicU64,
     write_errors: AtomicU64,
     last_error: Mutex<Option<String>>,
+    dropped_records: AtomicU64,
+    disk_full: AtomicBool,
     live: broadcast::Sender<Record>,
     /// Where each source's last stored line ended, found in the active segments at open.
     recovered: Mutex<HashMap<SourceKey, Mark>>,
-    /// Holds `<dir>/.lock` (flock) while open: two writers would corrupt each other's segments.
-    _lock: File,
+    /// Held while open: two writers would corrupt each other's segments. Last, so it is
+    /// released after every segment file is closed.
+    _lock: DirLock,
+}
+
+/// Store directories open in this process, by (device, inode): a POSIX record lock does not
+/// exclude its own process.
+static OPEN_DIRS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// A store directory held: listed in [`OPEN_DIRS`], and `<dir>/.lock` locked with
+/// `fcntl(F_SETLK)` (owned by the process, so no forked child ever holds it).
+struct DirLock {
+    /// The locked file; closed before the directory leaves [`OPEN_DIRS`], since a later open
+    /// of the same file must not find this fd (closing it would drop the new holder's lock).
+    file: Option<File>,
+    id: (u64, u64),
+}
+
+impl DirLock {
+    /// Takes `dir` (which exists) for this store, or says who has it.
+    fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        let meta = std::fs::metadata(dir).map_err(io_err("reading", dir))?;
+        let id = (meta.dev(), meta.ino());
+        {
+            let mut open = lock(&OPEN_DIRS);
+            if open.contains(&id) {
+                // Checked before the lock file is opened: closing that fd again would release
+                // the lock the open store holds.
+                return Err(StoreError::AlreadyOpen {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            open.push(id);
+        }
+        // The entry is ours from here on; dropping `held` releases it on every error path.
+        let mut held = DirLock { file: None, id };
+        let path = dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        let mut want = whole_file_lock(libc::F_WRLCK);
+        // SAFETY: fcntl(F_SETLK) on a valid fd reads the flock struct it is given.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &want) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if !matches!(error.raw_os_error(), Some(libc::EACCES | libc::EAGAIN)) {
+                return Err(StoreError::Io {
+                    action: "locking",
+                    path,
+                    error,
+                });
+            }
+            // SAFETY: fcntl(F_GETLK) on a valid fd writes into the flock struct it is given.
+            let found = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut want) } == 0;
+            let pid = (found && want.l_type != libc::F_UNLCK as libc::c_short && want.l_pid > 0)
+                .then_some(want.l_pid as u32);
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        held.file = Some(file);
+        Ok(held)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Closing the fd releases the lock.
+        drop(self.file.take());
+        lock(&OPEN_DIRS).retain(|id| *id != self.id);
+    }
+}
+
+/// A `struct flock` of `kind` covering the whole file.
+fn whole_file_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value (offset 0, length 0 = all).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
 }
 
 /// Identifies one tailed file's records in the store.
@@ -185,23 +369,11 @@ struct ScanLine {
 impl LogStore {
     /// Opens (creating) the store at `dir`: finds its segments, repairs a line torn by a crash
     /// at the end of each active segment, and recovers where each tailed source stopped.
-    pub fn open(dir: &Path, limits: Limits) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        // SAFETY: flock on a valid fd has no memory-safety preconditions.
-        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "the log store {} is already open (another ship on this state dir?): {}",
-                dir.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+    /// Fails with [`StoreError::Locked`] or [`StoreError::AlreadyOpen`] while another store
+    /// has the directory open.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let dir_lock = DirLock::take(dir)?;
         let limits = Limits {
             // A segment must fit at least twice in the service cap, and a service in the total.
             service_bytes: limits.service_bytes.min(limits.total_bytes),
@@ -215,16 +387,21 @@ impl LogStore {
         let mut recovered = HashMap::new();
         let mut max_id = 0;
         let mut total = 0;
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
+        for entry in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
+            let entry = entry.map_err(io_err("reading", dir))?;
             let name = entry.file_name();
             let Some(service) = name.to_str().and_then(unescape) else {
                 continue;
             };
-            if !entry.file_type()?.is_dir() {
+            let path = entry.path();
+            if !entry
+                .file_type()
+                .map_err(io_err("reading", &path))?
+                .is_dir()
+            {
                 continue;
             }
-            let log = ServiceLog::open(&entry.path(), &service, &mut recovered)?;
+            let log = ServiceLog::open(&path, &service, &mut recovered)?;
             max_id = max_id.max(log.segments.back().map_or(0, |s| s.id));
             total += log.bytes;
             services.insert(service, Arc::new(Mutex::new(log)));
@@ -239,9 +416,11 @@ impl LogStore {
                 records: AtomicU64::new(0),
                 write_errors: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                dropped_records: AtomicU64::new(0),
+                disk_full: AtomicBool::new(false),
                 live: broadcast::channel(LIVE_CAPACITY).0,
                 recovered: Mutex::new(recovered),
-                _lock: lock_file,
+                _lock: dir_lock,
             }),
         })
     }
@@ -253,9 +432,10 @@ impl LogStore {
 
     /// Appends records, each to its service; a service's records go in as one batch.
     ///
-    /// A failed write (disk full) is counted in [`StoreStats`] and returned, never a panic:
-    /// the other services' batches are still written, and nothing half-written is left.
-    pub fn append(&self, records: &[Record]) -> Result<()> {
+    /// A failed write is counted in [`StoreStats`] and returned, never a panic: the other
+    /// services' batches are still written, and nothing half-written is left. A batch that
+    /// did not fit a full disk is dropped and counted (see [`StoreError::is_disk_full`]).
+    pub fn append(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut order: Vec<&str> = Vec::new();
         for r in records {
             if !order.contains(&r.service.as_str()) {
@@ -268,11 +448,12 @@ impl LogStore {
             data.clear();
             let (mut min_ns, mut max_ns, mut count) = (u64::MAX, 0, 0);
             for r in records.iter().filter(|r| r.service == service) {
-                if r.line.len() > crate::MAX_LINE_BYTES {
-                    serde_json::to_writer(&mut data, &capped(r))?;
+                let written = if r.line.len() > crate::MAX_LINE_BYTES {
+                    serde_json::to_writer(&mut data, &capped(r))
                 } else {
-                    serde_json::to_writer(&mut data, r)?;
-                }
+                    serde_json::to_writer(&mut data, r)
+                };
+                written.expect("a record of strings and numbers always serialises to a Vec");
                 data.push(b'\n');
                 min_ns = min_ns.min(r.time_ns);
                 max_ns = max_ns.max(r.time_ns);
@@ -325,12 +506,39 @@ impl LogStore {
             records: self.inner.records.load(Ordering::Relaxed),
             write_errors: self.inner.write_errors.load(Ordering::Relaxed),
             last_error: lock(&self.inner.last_error).clone(),
+            dropped_records: self.inner.dropped_records.load(Ordering::Relaxed),
+            disk_full: self.inner.disk_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes `service`'s open segment (sealing it), so a removed service holds no file
+    /// open; its records stay queryable and under the caps, and a later write to it starts
+    /// a new segment. Nothing happens for a service without an open segment.
+    pub fn close_service(&self, service: &str) {
+        let Some(log) = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
+        else {
+            return;
+        };
+        let mut log = lock(&log);
+        if log.active.take().is_some() {
+            if let Some(seg) = log.segments.back_mut() {
+                if let Err(e) = seal(seg) {
+                    // Still closed; reopening the store seals it.
+                    tracing::warn!("closing the log of {service:?}: {e}");
+                }
+            }
         }
     }
 
     /// Records matching `q`, merged across the service's containers and versions (or across
     /// all services) in time order, newest last; with a limit, the newest `limit`.
-    pub fn query(&self, q: &Query) -> Result<Vec<Record>> {
+    pub fn query(&self, q: &Query) -> Result<Vec<Record>, StoreError> {
         let mut segments: Vec<(String, Segment)> = Vec::new();
         for (name, log) in self.service_logs() {
             if q.service.as_ref().is_some_and(|s| *s != name) {
@@ -387,7 +595,7 @@ impl LogStore {
 
     /// The stored records matching `q` and, after them, every new one: nothing in between is
     /// lost, and a record is never both in the backlog and followed.
-    pub fn follow(&self, q: &Query) -> Result<(Vec<Record>, Follow)> {
+    pub fn follow(&self, q: &Query) -> Result<(Vec<Record>, Follow), StoreError> {
         // Subscribe before querying, so a record stored in between is in at least one of them.
         let live = self.subscribe();
         let start = crate::now_ns().saturating_sub(FOLLOW_OVERLAP_NS);
@@ -406,8 +614,9 @@ impl LogStore {
 
     /// Writes one batch under its service's lock, after making room under the caps; `after`
     /// runs under the same lock once the batch is written (a tailer saves its offset there, so
-    /// no other writer can seal the segment between the two).
-    pub(crate) fn write(&self, batch: &Batch, after: impl FnOnce()) -> Result<()> {
+    /// no other writer can seal the segment between the two). A batch that fails for a full
+    /// disk even after the oldest segment was freed is dropped and counted.
+    pub(crate) fn write(&self, batch: &Batch, after: impl FnOnce()) -> Result<(), StoreError> {
         if batch.data.is_empty() {
             after();
             return Ok(());
@@ -423,23 +632,26 @@ impl LogStore {
             result = self
                 .service_log(batch.service)
                 .and_then(|log| lock(&log).write(&self.inner, batch));
-            if result.is_ok() {
-                self.inner.records.fetch_add(batch.count, Ordering::Relaxed);
-                after();
-                return Ok(());
-            }
-            let full = result
-                .as_ref()
-                .err()
-                .and_then(|e| e.downcast_ref::<std::io::Error>())
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC));
-            if !full {
-                break;
+            match &result {
+                Ok(()) => {
+                    self.inner.records.fetch_add(batch.count, Ordering::Relaxed);
+                    self.inner.disk_full.store(false, Ordering::Relaxed);
+                    after();
+                    return Ok(());
+                }
+                Err(e) if !e.is_disk_full() => break,
+                Err(_) => {}
             }
         }
         let err = result.expect_err("only failures get here");
         self.inner.write_errors.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.last_error) = Some(format!("{err:#}"));
+        if err.is_disk_full() {
+            self.inner
+                .dropped_records
+                .fetch_add(batch.count, Ordering::Relaxed);
+            self.inner.disk_full.store(true, Ordering::Relaxed);
+        }
+        *lock(&self.inner.last_error) = Some(err.to_string());
         Err(err)
     }
 
@@ -472,7 +684,7 @@ impl LogStore {
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    fn service_log(&self, service: &str) -> Result<Arc<Mutex<ServiceLog>>> {
+    fn service_log(&self, service: &str) -> Result<Arc<Mutex<ServiceLog>>, StoreError> {
         if let Some(log) = self
             .inner
             .services
@@ -483,7 +695,7 @@ impl LogStore {
             return Ok(log.clone());
         }
         let dir = self.inner.dir.join(escape(service));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let mut map = self
             .inner
             .services
@@ -532,13 +744,15 @@ impl LogStore {
 
     /// The first `bytes` of a segment (all complete lines at snapshot time); `None` if the
     /// segment was deleted meanwhile.
-    fn read_segment(&self, service: &str, seg: &Segment) -> Result<Option<Vec<u8>>> {
+    fn read_segment(&self, service: &str, seg: &Segment) -> Result<Option<Vec<u8>>, StoreError> {
         let mut path = seg.path.clone();
         for _ in 0..2 {
             match File::open(&path) {
                 Ok(f) => {
                     let mut data = Vec::with_capacity(seg.bytes as usize);
-                    f.take(seg.bytes).read_to_end(&mut data)?;
+                    f.take(seg.bytes)
+                        .read_to_end(&mut data)
+                        .map_err(io_err("reading", &path))?;
                     return Ok(Some(data));
                 }
                 // Sealed (renamed) or evicted since the snapshot: look it up again.
@@ -557,9 +771,7 @@ impl LogStore {
                         None => return Ok(None),
                     }
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", path.display()));
-                }
+                Err(e) => return Err(io_err("reading", &path)(e)),
             }
         }
         Ok(None)
@@ -623,13 +835,19 @@ fn record_hash(r: &Record) -> u64 {
 impl ServiceLog {
     /// Loads a service dir: sorts its segments, seals all but the newest unsealed one, and
     /// scans unsealed ones for their time span, torn tails and tailer marks.
-    fn open(dir: &Path, service: &str, recovered: &mut HashMap<SourceKey, Mark>) -> Result<Self> {
+    fn open(
+        dir: &Path,
+        service: &str,
+        recovered: &mut HashMap<SourceKey, Mark>,
+    ) -> Result<Self, StoreError> {
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
+        for entry in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
+            let entry = entry.map_err(io_err("reading", dir))?;
             let name = entry.file_name();
             if let Some((id, span)) = name.to_str().and_then(parse_segment_name) {
-                found.push((id, span, entry.path(), entry.metadata()?.len()));
+                let path = entry.path();
+                let len = entry.metadata().map_err(io_err("reading", &path))?.len();
+                found.push((id, span, path, len));
             }
         }
         found.sort_by_key(|f| f.0);
@@ -653,7 +871,7 @@ impl ServiceLog {
                 None => {
                     scan_unsealed(&mut seg, service, recovered)?;
                     if seg.bytes == 0 {
-                        std::fs::remove_file(&seg.path)?;
+                        std::fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
                         continue;
                     }
                     if i == last {
@@ -669,7 +887,7 @@ impl ServiceLog {
         Ok(log)
     }
 
-    fn write(&mut self, inner: &Inner, batch: &Batch) -> Result<()> {
+    fn write(&mut self, inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
         let len = batch.data.len() as u64;
         while self.bytes + len > inner.limits.service_bytes && !self.segments.is_empty() {
             self.evict_front(inner);
@@ -698,14 +916,22 @@ impl ServiceLog {
         }
         let file = self.active.as_mut().expect("just opened");
         let seg = self.segments.back_mut().expect("just pushed");
-        if let Err(e) = file.write_all(batch.data) {
+        if let Err(error) = file.write_all(batch.data) {
             // Cut off whatever part did get written, so no torn line is left behind.
-            let _ = file.set_len(seg.bytes);
-            return Err(anyhow::Error::new(e).context(format!(
-                "writing {} log records to {}",
-                batch.count,
-                seg.path.display()
-            )));
+            if let Err(e) = file.set_len(seg.bytes) {
+                // Never append after a torn line: later batches go to a new segment, and
+                // queries read only the `bytes` known to be whole.
+                tracing::warn!(
+                    "cannot cut a failed write off {} ({e}): starting a new segment",
+                    seg.path.display()
+                );
+                self.active = None;
+            }
+            return Err(StoreError::Write {
+                count: batch.count,
+                path: seg.path.clone(),
+                error,
+            });
         }
         seg.bytes += len;
         seg.min_ns = seg.min_ns.min(batch.min_ns);
@@ -739,9 +965,8 @@ fn scan_unsealed(
     seg: &mut Segment,
     service: &str,
     recovered: &mut HashMap<SourceKey, Mark>,
-) -> Result<()> {
-    let data =
-        std::fs::read(&seg.path).with_context(|| format!("reading {}", seg.path.display()))?;
+) -> Result<(), StoreError> {
+    let data = std::fs::read(&seg.path).map_err(io_err("reading", &seg.path))?;
     let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if complete < data.len() {
         tracing::warn!(
@@ -751,8 +976,9 @@ fn scan_unsealed(
         );
         OpenOptions::new()
             .write(true)
-            .open(&seg.path)?
-            .set_len(complete as u64)?;
+            .open(&seg.path)
+            .and_then(|f| f.set_len(complete as u64))
+            .map_err(io_err("cutting a torn line off", &seg.path))?;
     }
     seg.bytes = complete as u64;
     (seg.min_ns, seg.max_ns) = (u64::MAX, 0);
@@ -784,7 +1010,7 @@ fn scan_unsealed(
 }
 
 /// Renames a segment to carry its time span, so later queries can skip it without reading.
-fn seal(seg: &mut Segment) -> Result<()> {
+fn seal(seg: &mut Segment) -> Result<(), StoreError> {
     if seg.bytes == 0 {
         return Ok(());
     }
@@ -792,18 +1018,17 @@ fn seal(seg: &mut Segment) -> Result<()> {
         "{:016}.{}-{}.jsonl",
         seg.id, seg.min_ns, seg.max_ns
     ));
-    std::fs::rename(&seg.path, &sealed)
-        .with_context(|| format!("sealing {}", seg.path.display()))?;
+    std::fs::rename(&seg.path, &sealed).map_err(io_err("sealing", &seg.path))?;
     seg.path = sealed;
     Ok(())
 }
 
-fn open_append(path: &Path) -> Result<File> {
+fn open_append(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+        .map_err(io_err("opening", path))
 }
 
 /// `<id>.jsonl` (active, span unknown) or `<id>.<min>-<max>.jsonl` (sealed).

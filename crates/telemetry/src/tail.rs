@@ -11,6 +11,11 @@
 //! every offset stay the same, its disk blocks go): the app keeps appending to the same file
 //! for as long as it runs, and the file never fills the disk. Reading the file by hand shows
 //! NUL bytes where collected lines were; `starphleet logs` is the way to read them.
+//!
+//! When the store's disk is full, a poll's lines are dropped (counted by the store in
+//! [`crate::StoreStats::dropped_records`]) and the tailer moves on past them rather than
+//! retrying them forever; its position is saved again with the next batch that is stored,
+//! and only bytes before a saved position are ever freed from the source.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -18,12 +23,47 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::record::{now_ns, Record, RecordMeta};
-use crate::store::{Batch, LogStore, Mark, SourceKey};
+use crate::store::{Batch, LogStore, Mark, SourceKey, StoreError};
+
+/// Why a tailer could not read its file or store its lines.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The tailed file (or the tailer's position directory) could not be opened or read.
+    #[error("{action} {path}: {error}")]
+    Io {
+        /// What was being done, e.g. `reading`.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// The lines read could not be stored (not for a full disk: those are dropped and
+    /// counted); the tailer did not move on, so the next poll tries them again.
+    #[error("storing lines of {path}: {error}")]
+    Store {
+        /// The tailed file.
+        path: PathBuf,
+        /// Why the store refused them.
+        error: StoreError,
+    },
+}
+
+/// Maps an I/O error to [`TailError::Io`] naming what was done to which path.
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> TailError + 'a {
+    move |error| TailError::Io {
+        action,
+        path: path.to_path_buf(),
+        error,
+    }
+}
 
 /// Longest line kept whole; longer lines keep this many bytes plus [`TRUNCATED`].
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -75,6 +115,8 @@ pub struct Tailer {
     skip: bool,
     punched: u64,
     last_ns: u64,
+    /// Lines are being dropped for a full disk (logged once when it starts and ends).
+    dropping: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
@@ -84,15 +126,30 @@ pub(crate) struct Polled {
     pub records: usize,
     /// It read a whole [`POLL_BYTES`] or filled a batch: more is probably waiting.
     pub full: bool,
+    /// Lines were dropped because the store's disk is full: better not poll again at once.
+    pub dropped: bool,
+}
+
+/// What storing one read did.
+struct Stored {
+    records: usize,
+    /// Bytes of the read consumed (stored or dropped).
+    consumed: usize,
+    /// They were dropped: the store's disk is full.
+    dropped: bool,
 }
 
 impl Tailer {
     /// Starts tailing `source` (which may not exist yet) from where the last tailer of the
     /// same file stopped, or from its beginning.
-    pub fn new(store: &LogStore, source: impl Into<PathBuf>, meta: RecordMeta) -> Result<Self> {
+    pub fn new(
+        store: &LogStore,
+        source: impl Into<PathBuf>,
+        meta: RecordMeta,
+    ) -> Result<Self, TailError> {
         let path = source.into();
         let dir = store.dir().join(".tail");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
         let state_path = dir.join(format!("{}.json", hex::encode(&digest[..16])));
         let saved: Option<Position> = std::fs::read(&state_path)
@@ -112,6 +169,7 @@ impl Tailer {
             skip: false,
             punched: 0,
             last_ns: 0,
+            dropping: false,
             buf: Vec::new(),
             out: Vec::new(),
         };
@@ -124,7 +182,7 @@ impl Tailer {
             if let Some(m) = store.take_recovered(&key).filter(|m| m.time_ns > t.last_ns) {
                 (t.offset, t.skip, t.last_ns) = (m.off, m.skip, m.time_ns);
             }
-            t.skip_holes()?;
+            t.skip_holes();
         }
         Ok(t)
     }
@@ -142,20 +200,21 @@ impl Tailer {
     }
 
     /// Reads up to [`POLL_BYTES`] of new complete lines and stores them; returns how many
-    /// records were stored. A last line without its newline waits for it.
-    pub fn poll(&mut self) -> Result<usize> {
+    /// records were stored. A last line without its newline waits for it. Lines the store's
+    /// full disk cannot take are dropped (and counted by the store), not returned as an error.
+    pub fn poll(&mut self) -> Result<usize, TailError> {
         Ok(self.poll_once(false)?.records)
     }
 
     /// Collects everything left, including a last line without newline, and forgets the
     /// saved position: for a source that is finished (its container is gone) and is about to
     /// be deleted. Returns how many records were stored.
-    pub fn close(mut self) -> Result<usize> {
+    pub fn close(mut self) -> Result<usize, TailError> {
         self.finish()
     }
 
     /// [`Tailer::close`] without giving up the tailer, so a failed attempt can be retried.
-    pub(crate) fn finish(&mut self) -> Result<usize> {
+    pub(crate) fn finish(&mut self) -> Result<usize, TailError> {
         let mut records = 0;
         loop {
             let polled = self.poll_once(false)?;
@@ -166,22 +225,28 @@ impl Tailer {
         }
         records += self.poll_once(true)?.records;
         match std::fs::remove_file(&self.state_path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e).context("removing tail position"),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(io_err("removing the tail position", &self.state_path)(e))
+            }
             _ => Ok(records),
         }
     }
 
     /// One bounded read-and-store step; `flush` also takes a last line without newline.
-    pub(crate) fn poll_once(&mut self, flush: bool) -> Result<Polled> {
+    pub(crate) fn poll_once(&mut self, flush: bool) -> Result<Polled, TailError> {
         let idle = Polled {
             records: 0,
             full: false,
+            dropped: false,
         };
         if self.file.is_none() && !self.open()? {
             return Ok(idle);
         }
         let file = self.file.as_ref().expect("opened above");
-        let size = file.metadata()?.len();
+        let size = file
+            .metadata()
+            .map_err(io_err("checking", &self.path))?
+            .len();
         if size < self.offset {
             tracing::warn!(
                 "{} shrank from {} to {size} bytes: reading it again from the start",
@@ -192,27 +257,32 @@ impl Tailer {
         }
         let n = self.read()?;
         let read_all = n == POLL_BYTES;
-        let (records, consumed) = self.store_lines(n, flush && !read_all)?;
-        if consumed == 0 && !read_all {
+        let stored = self.store_lines(n, flush && !read_all)?;
+        if stored.consumed == 0 && !read_all {
             // Nothing new but perhaps a held last line: was the file replaced meanwhile?
             return self.at_end(flush);
         }
         // Stopped short of what was read (batch full): more is waiting too.
-        let full = read_all || consumed < n;
-        Ok(Polled { records, full })
+        let full = read_all || stored.consumed < n;
+        Ok(Polled {
+            records: stored.records,
+            full,
+            dropped: stored.dropped,
+        })
     }
 
     /// At the end of the file: a replaced file (new inode at the path) is finished off and the
     /// new one started from its beginning.
-    fn at_end(&mut self, flush: bool) -> Result<Polled> {
+    fn at_end(&mut self, flush: bool) -> Result<Polled, TailError> {
         let idle = Polled {
             records: 0,
             full: false,
+            dropped: false,
         };
         let replaced = match std::fs::metadata(&self.path) {
             Ok(m) => m.ino() != self.ino,
             Err(e) if e.kind() == ErrorKind::NotFound => false,
-            Err(e) => return Err(e).with_context(|| format!("checking {}", self.path.display())),
+            Err(e) => return Err(io_err("checking", &self.path)(e)),
         };
         if !replaced {
             return Ok(idle);
@@ -220,26 +290,23 @@ impl Tailer {
         // The old file gets no more lines: its unfinished last line (shorter than
         // MAX_LINE_BYTES, so one read holds it) is complete as it is.
         let n = self.read()?;
-        let (finished, _) = self.store_lines(n, true)?;
+        let finished = self.store_lines(n, true)?;
         tracing::info!("{} was replaced: tailing the new file", self.path.display());
         self.file = None;
         (self.offset, self.skip, self.punched) = (0, false, 0);
         if self.open()? {
             self.save_position();
         }
-        let more = if flush {
-            self.poll_once(true)?.records
-        } else {
-            0
-        };
+        let more = if flush { self.poll_once(true)? } else { idle };
         Ok(Polled {
-            records: finished + more,
+            records: finished.records + more.records,
             full: false,
+            dropped: finished.dropped || more.dropped,
         })
     }
 
     /// Opens the file at the path; false if there is none yet.
-    fn open(&mut self) -> Result<bool> {
+    fn open(&mut self) -> Result<bool, TailError> {
         // Read-write to free collected bytes; read-only if that is refused.
         let file = match OpenOptions::new().read(true).write(true).open(&self.path) {
             Ok(f) => Some((f, true)),
@@ -247,15 +314,16 @@ impl Tailer {
             Err(_) => match File::open(&self.path) {
                 Ok(f) => Some((f, false)),
                 Err(e) if e.kind() == ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("opening {}", self.path.display()))
-                }
+                Err(e) => return Err(io_err("opening", &self.path)(e)),
             },
         };
         let Some((file, writable)) = file else {
             return Ok(false);
         };
-        self.ino = file.metadata()?.ino();
+        self.ino = file
+            .metadata()
+            .map_err(io_err("checking", &self.path))?
+            .ino();
         self.writable = writable;
         self.file = Some(file);
         Ok(true)
@@ -263,9 +331,9 @@ impl Tailer {
 
     /// If the position is in a punched-out hole (the saved position was lost while the store
     /// evicted the marks), jumps to the next data and drops the partial line there.
-    fn skip_holes(&mut self) -> Result<()> {
+    fn skip_holes(&mut self) {
         let Some(file) = &self.file else {
-            return Ok(());
+            return;
         };
         // SAFETY: lseek on a valid fd has no memory-safety preconditions.
         let data = unsafe {
@@ -283,11 +351,10 @@ impl Tailer {
             );
             (self.offset, self.skip) = (data as u64, true);
         }
-        Ok(())
     }
 
     /// Reads up to POLL_BYTES from the position into `buf`.
-    fn read(&mut self) -> Result<usize> {
+    fn read(&mut self) -> Result<usize, TailError> {
         let file = self.file.as_ref().expect("caller opened it");
         self.buf.resize(POLL_BYTES, 0);
         let mut n = 0;
@@ -296,17 +363,15 @@ impl Tailer {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", self.path.display()))
-                }
+                Err(e) => return Err(io_err("reading", &self.path)(e)),
             }
         }
         Ok(n)
     }
 
-    /// Turns the first `n` bytes of `buf` into records, stores them and advances; returns
-    /// the records stored and the bytes consumed.
-    fn store_lines(&mut self, n: usize, flush: bool) -> Result<(usize, usize)> {
+    /// Turns the first `n` bytes of `buf` into records, stores them and advances (also past
+    /// lines dropped for a full disk).
+    fn store_lines(&mut self, n: usize, flush: bool) -> Result<Stored, TailError> {
         let live = self.store.has_followers();
         let mut records = Vec::new();
         let now = now_ns();
@@ -364,7 +429,11 @@ impl Tailer {
             }
         }
         if pos == 0 {
-            return Ok((0, 0));
+            return Ok(Stored {
+                records: 0,
+                consumed: 0,
+                dropped: false,
+            });
         }
         let new_offset = self.offset + pos as u64;
         let batch = Batch {
@@ -382,13 +451,48 @@ impl Tailer {
             time_ns: self.last_ns,
         };
         let state_path = &self.state_path;
-        self.store
-            .write(&batch, || save(state_path, &position))
-            .with_context(|| format!("storing lines of {}", self.path.display()))?;
+        match self.store.write(&batch, || save(state_path, &position)) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => {
+                // Dropped and counted by the store: move on, or the same lines would be
+                // retried for as long as the disk stays full. Nothing is freed from the
+                // source (no position was saved past these lines).
+                if !self.dropping {
+                    tracing::warn!(
+                        "log store full: dropping lines of {} until there is room ({e})",
+                        self.path.display()
+                    );
+                    self.dropping = true;
+                }
+                (self.offset, self.skip) = (new_offset, skip);
+                return Ok(Stored {
+                    records: 0,
+                    consumed: pos,
+                    dropped: true,
+                });
+            }
+            Err(error) => {
+                return Err(TailError::Store {
+                    path: self.path.clone(),
+                    error,
+                })
+            }
+        }
+        if self.dropping {
+            tracing::info!(
+                "log store has room again: storing lines of {}",
+                self.path.display()
+            );
+            self.dropping = false;
+        }
         (self.offset, self.skip) = (new_offset, skip);
         self.store.publish(records.into_iter());
         self.punch();
-        Ok((count as usize, pos))
+        Ok(Stored {
+            records: count as usize,
+            consumed: pos,
+            dropped: false,
+        })
     }
 
     fn save_position(&self) {

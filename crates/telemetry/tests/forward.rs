@@ -14,7 +14,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use starphleet_telemetry::{
-    format_time, ForwardStats, ForwardTarget, Forwarder, Kind, Limits, LogStore, Record,
+    format_time, ForwardStats, ForwardTarget, ForwardTargetError, Forwarder, Kind, Limits,
+    LogStore, Record, OTLP_SETTING, SYSLOG_SETTING,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -721,7 +722,17 @@ fn settings_name_syslog_and_otlp_endpoints() {
 #[test]
 fn bad_settings_say_which_key_and_what_form() {
     let err = |key: &str, value: &str| {
-        ForwardTarget::from_settings(&settings(&[(key, value)])).unwrap_err()
+        let e = ForwardTarget::from_settings(&settings(&[(key, value)])).unwrap_err();
+        let named = match &e {
+            ForwardTargetError::Syslog { value: v, .. } => (SYSLOG_SETTING, v),
+            ForwardTargetError::Otlp { value: v, .. } => (OTLP_SETTING, v),
+        };
+        assert_eq!(
+            named,
+            (key, &value.to_string()),
+            "the error names the setting"
+        );
+        e.to_string()
     };
     for (value, why) in [
         ("logs.example.com:514", "tcp:// scheme is missing"),

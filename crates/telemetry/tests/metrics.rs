@@ -67,6 +67,8 @@ fn sample_scrape(n: usize) -> Scrape {
         records: 42,
         write_errors: 1,
         last_error: None,
+        dropped_records: 7,
+        disk_full: true,
     };
     Scrape {
         containers,
@@ -137,6 +139,8 @@ fn rendered_metrics_pass_promtool_check_metrics() {
         "starphleet_http_request_duration_seconds_count{ship=\"ship1\",service=\"svc0\",route=\":80/svc0\"} 6",
         "starphleet_log_disk_bytes{ship=\"ship1\",service=\"svc0\"} 2000",
         "starphleet_log_write_errors_total{ship=\"ship1\"} 1",
+        "starphleet_log_dropped_records_total{ship=\"ship1\"} 7",
+        "starphleet_log_disk_full{ship=\"ship1\"} 1",
     ] {
         assert!(text.contains(name), "missing {name:?}");
     }

@@ -1,12 +1,20 @@
 //! The log store on real files: queries, rotation under caps, reopening after a crash,
-//! following, and a really full disk (a tiny tmpfs).
+//! following, a really full disk (a tiny tmpfs), one store per directory across processes
+//! (and never held by a forked child), and closing a removed service's files.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+mod common;
 
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{open_fds_under, Tmpfs};
 use starphleet_telemetry::{
-    Followed, Kind, Limits, LogStore, Query, Record, MAX_LINE_BYTES, TRUNCATED,
+    Followed, Kind, Limits, LogStore, Query, Record, StoreError, MAX_LINE_BYTES, TRUNCATED,
 };
 
 fn rec(t: u64, service: &str, container: &str, kind: Kind, line: &str) -> Record {
@@ -269,6 +277,7 @@ fn reopening_keeps_everything_and_cuts_a_torn_last_line() {
     // One store per directory: a second ship on the same state dir is refused.
     let again = LogStore::open(dir.path(), Limits::default()).err().unwrap();
     assert!(format!("{again:#}").contains("already open"), "{again:#}");
+    assert!(matches!(again, StoreError::AlreadyOpen { .. }), "{again:?}");
     assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
     store
         .append(&[rec(4, "echo", "c1", Kind::App, "four")])
@@ -324,95 +333,306 @@ async fn followers_get_the_backlog_then_every_new_record_once() {
     assert_eq!(sub.recv().await.unwrap().line, "event");
 }
 
-/// Mounts a tmpfs of `size` at `dir`; false (after a loud message) where that is impossible.
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("\n*** SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run ***\n");
+/// Every segment under `dir` holds whole records only: no torn line anywhere.
+fn assert_whole_lines(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let name = entry.file_name();
+        if entry.file_type().unwrap().is_dir() {
+            if name != ".tail" {
+                assert_whole_lines(&path);
+            }
+            continue;
+        }
+        if !name.to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        assert!(
+            data.is_empty() || data.ends_with(b"\n"),
+            "{} ends in a torn line",
+            path.display()
+        );
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            serde_json::from_slice::<Record>(line)
+                .unwrap_or_else(|e| panic!("{}: a torn line ({e})", path.display()));
+        }
     }
-    ok
 }
 
 #[test]
 fn a_full_disk_is_counted_and_reported_never_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    if !mount_tmpfs(dir.path(), "1m") {
+    let Some(disk) = Tmpfs::mount("1m") else {
         return;
-    }
-    let result = std::panic::catch_unwind(|| {
-        let store_dir = dir.path().join("store");
-        let store = LogStore::open(&store_dir, Limits::default()).unwrap();
-        let line = "y".repeat(900);
-        let batch = |service: &str, n: u64, base: u64| -> Vec<Record> {
-            (0..n)
-                .map(|i| {
-                    rec(
-                        base + i,
-                        service,
-                        "c1",
-                        Kind::App,
-                        &format!("{service} {i} {line}"),
-                    )
-                })
-                .collect()
-        };
-        store.append(&batch("noisy", 300, 0)).unwrap();
-        // Something else fills the disk.
-        let filler = dir.path().join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=4k"])
-            .arg(format!("of={}", filler.display()))
-            .output();
-        // Full: the store frees its oldest segment and the quiet service's line still lands.
-        store.append(&batch("quiet", 1, 1000)).unwrap();
-        assert!(
-            store
+    };
+    let store_dir = disk.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let line = "y".repeat(900);
+    let batch = |service: &str, n: u64, base: u64| -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                rec(
+                    base + i,
+                    service,
+                    "c1",
+                    Kind::App,
+                    &format!("{service} {i} {line}"),
+                )
+            })
+            .collect()
+    };
+    store.append(&batch("noisy", 300, 0)).unwrap();
+    // Something else fills the disk.
+    let filler = disk.fill();
+    // Full: the store frees its oldest segment and the quiet service's line still lands.
+    store.append(&batch("quiet", 1, 1000)).unwrap();
+    assert!(
+        store
+            .query(&Query {
+                service: Some("noisy".into()),
+                ..Query::default()
+            })
+            .unwrap()
+            .is_empty(),
+        "the noisy service's old segment made room"
+    );
+    assert_eq!(
+        lines(
+            &store
                 .query(&Query {
-                    service: Some("noisy".into()),
+                    service: Some("quiet".into()),
                     ..Query::default()
                 })
                 .unwrap()
-                .is_empty(),
-            "the noisy service's old segment made room"
-        );
-        assert_eq!(
-            lines(
-                &store
-                    .query(&Query {
-                        service: Some("quiet".into()),
-                        ..Query::default()
-                    })
-                    .unwrap()
-            )
-            .len(),
-            1
-        );
-        // More than the disk can hold even after the store gave up all it had: an error,
-        // counted, and no torn line left behind.
-        let err = store.append(&batch("quiet", 2000, 2000)).unwrap_err();
-        assert!(format!("{err:#}").contains("No space left"), "{err:#}");
-        let stats = store.stats();
-        assert_eq!(stats.write_errors, 1);
-        assert!(stats.last_error.unwrap().contains("No space left"));
-        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
-        // Once there is room again, writing simply goes on.
-        std::fs::remove_file(&filler).unwrap();
-        store.append(&batch("quiet", 5, 9000)).unwrap();
-        let quiet = store
-            .query(&Query {
-                service: Some("quiet".into()),
-                ..Query::default()
+        )
+        .len(),
+        1
+    );
+    let stats = store.stats();
+    assert_eq!((stats.dropped_records, stats.disk_full), (0, false));
+    // More than the disk can hold even after the store gave up all it had: an error,
+    // counted, the batch dropped, and no torn line left behind.
+    let err = store.append(&batch("quiet", 2000, 2000)).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+    let stats = store.stats();
+    assert_eq!(stats.write_errors, 1);
+    assert!(stats.last_error.unwrap().contains("No space left"));
+    assert_eq!(stats.dropped_records, 2000);
+    assert!(stats.disk_full);
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+    assert_whole_lines(&store_dir);
+    // Once there is room again, writing simply goes on, in the same store.
+    std::fs::remove_file(&filler).unwrap();
+    store.append(&batch("quiet", 5, 9000)).unwrap();
+    let quiet = store
+        .query(&Query {
+            service: Some("quiet".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(quiet.len(), 5, "{:?}", lines(&quiet));
+    let stats = store.stats();
+    assert_eq!(stats.dropped_records, 2000, "the count is cumulative");
+    assert!(!stats.disk_full, "a write went in again");
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+    assert_whole_lines(&store_dir);
+}
+
+#[test]
+fn a_disk_that_fills_up_mid_stream_drops_whole_batches_and_recovers() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let store_dir = disk.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let line = "z".repeat(200);
+    // Small batches until the disk is full: each one either goes in whole or is dropped.
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for i in 0..2000u64 {
+        let batch: Vec<Record> = (0..10)
+            .map(|j| {
+                rec(
+                    i * 10 + j,
+                    "echo",
+                    "c1",
+                    Kind::App,
+                    &format!("{i}.{j} {line}"),
+                )
             })
-            .unwrap();
-        assert_eq!(quiet.len(), 5, "{:?}", lines(&quiet));
-        assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
-    });
-    let _ = Command::new("umount").arg(dir.path()).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+            .collect();
+        sent += 10;
+        if store.append(&batch).is_err() {
+            failed += 10;
+            let stats = store.stats();
+            assert!(stats.disk_full, "{:?}", stats.last_error);
+            assert_eq!(stats.dropped_records, failed);
+        }
     }
+    let stats = store.stats();
+    assert!(failed > 0, "2000 batches of ~2.5 KiB filled a 2 MiB disk");
+    assert_eq!(stats.records + stats.dropped_records, sent);
+    assert_whole_lines(&store_dir);
+    let kept = store.query(&Query::default()).unwrap();
+    // Everything kept is whole; segments freed to make room took whole batches with them.
+    assert!(kept.iter().all(|r| r.line.ends_with(&line)));
+    assert_eq!(store.disk_usage(), bytes_on_disk(&store_dir));
+}
+
+/// Waits for `child` for at most `secs`, killing it after that.
+fn wait_for(mut child: Child, secs: u64) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child process still running after {secs} s: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_forked_child_never_holds_the_store_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    store
+        .append(&[rec(1, "echo", "c1", Kind::App, "before")])
+        .unwrap();
+    // Any thread of the process (another test, the ship starting runc) forks: until it execs
+    // the child holds a copy of every fd, the lock file's too. This one waits there 1 s.
+    let (mut forked, in_child) = UnixStream::pair().unwrap();
+    let signal_fd = in_child.as_raw_fd();
+    let mut command = Command::new("true");
+    // SAFETY: the hook only calls write(2) and sleep(3), both async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::write(signal_fd, b"f".as_ptr().cast(), 1);
+            libc::sleep(1);
+            Ok(())
+        });
+    }
+    // spawn() returns only once the child has exec'd, so it runs on a thread of its own.
+    let spawner = std::thread::spawn(move || {
+        let child = command.spawn();
+        drop(in_child);
+        child
+    });
+    forked
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    forked.read_exact(&mut byte).unwrap();
+    // The child is forked and has not exec'd: the ship restarts its store meanwhile.
+    drop(store);
+    let reopened = LogStore::open(&store_dir, Limits::default());
+    assert!(
+        !spawner.is_finished(),
+        "the child was still between fork and exec"
+    );
+    let store = reopened.expect("a forked child does not hold the store's lock");
+    store
+        .append(&[rec(2, "echo", "c1", Kind::App, "after")])
+        .unwrap();
+    assert_eq!(
+        lines(&store.query(&Query::default()).unwrap()),
+        ["before", "after"]
+    );
+    let out = wait_for(spawner.join().unwrap().unwrap(), 30);
+    assert!(out.status.success());
+}
+
+/// Set for the child process of [`a_second_process_cannot_open_an_open_store`].
+const STORE_CHILD_DIR: &str = "STARPHLEET_TELEMETRY_TEST_STORE_DIR";
+
+/// Another "ship": tries to open the store, says how it went on stdout. Runs only as a child
+/// of that test (it is ignored, and does nothing without the variable).
+#[test]
+#[ignore = "a child process of a_second_process_cannot_open_an_open_store"]
+fn open_store_in_child() {
+    let Some(dir) = std::env::var_os(STORE_CHILD_DIR).map(PathBuf::from) else {
+        return;
+    };
+    match LogStore::open(&dir, Limits::default()) {
+        Ok(_) => println!("child: opened"),
+        Err(e) => println!("child: refused: {e}"),
+    }
+}
+
+/// What [`open_store_in_child`] said about opening `dir`.
+fn open_in_other_process(dir: &Path) -> String {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "open_store_in_child", "--ignored", "--nocapture"])
+        .env(STORE_CHILD_DIR, dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_for(child, 30);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child: "))
+        .unwrap_or_else(|| panic!("no answer from the child: {stdout}"))
+        .to_string()
+}
+
+#[test]
+fn a_second_process_cannot_open_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    let answer = open_in_other_process(dir.path());
+    assert!(
+        answer.starts_with("refused: ")
+            && answer.contains("already open by process")
+            && answer.contains(&std::process::id().to_string()),
+        "{answer}"
+    );
+    drop(store);
+    assert_eq!(open_in_other_process(dir.path()), "opened");
+    // And the child's store is gone with it: this process opens it again.
+    LogStore::open(dir.path(), Limits::default()).unwrap();
+}
+
+#[test]
+fn a_closed_service_holds_no_file_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    store
+        .append(&[
+            rec(1, "gone", "c1", Kind::App, "gone 1"),
+            rec(2, "stays", "c2", Kind::App, "stays 1"),
+        ])
+        .unwrap();
+    let (gone, stays) = (dir.path().join("gone"), dir.path().join("stays"));
+    assert_eq!((open_fds_under(&gone), open_fds_under(&stays)), (1, 1));
+    store.close_service("gone");
+    assert_eq!((open_fds_under(&gone), open_fds_under(&stays)), (0, 1));
+    store.close_service("gone");
+    store.close_service("never-there");
+    let service = |name: &str| Query {
+        service: Some(name.into()),
+        ..Query::default()
+    };
+    assert_eq!(lines(&store.query(&service("gone")).unwrap()), ["gone 1"]);
+    // A later write opens a segment again.
+    store
+        .append(&[rec(3, "gone", "c1", Kind::App, "gone 2")])
+        .unwrap();
+    assert_eq!(open_fds_under(&gone), 1);
+    store.close_service("gone");
+    assert_eq!(open_fds_under(&gone), 0);
+    assert_eq!(
+        lines(&store.query(&service("gone")).unwrap()),
+        ["gone 1", "gone 2"]
+    );
+    assert_eq!(store.disk_usage(), bytes_on_disk(dir.path()));
+    drop(store);
+    let store = LogStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(
+        lines(&store.query(&Query::default()).unwrap()),
+        ["gone 1", "stays 1", "gone 2"]
+    );
 }

@@ -1,6 +1,9 @@
 //! Tailing real files written by real processes: every line exactly once across restarts,
-//! partial and over-long lines, truncation and replacement, freeing collected bytes, and
-//! fairness between a flooding source and a quiet one.
+//! partial and over-long lines, truncation and replacement, freeing collected bytes,
+//! fairness between a flooding source and a quiet one, a full disk under the store, and
+//! removed sources letting go of their files.
+
+mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -9,6 +12,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{open_fds_under, Tmpfs};
 use starphleet_telemetry::{
     Collector, Kind, Limits, LogStore, Query, RecordMeta, Tailer, MAX_LINE_BYTES, TRUNCATED,
 };
@@ -481,4 +485,118 @@ fn a_flooding_source_does_not_delay_a_quiet_one() {
         .service_bytes
         .iter()
         .any(|(s, b)| s == "noisy" && *b > 1 << 20));
+}
+
+/// `n` numbered lines of about 100 bytes, `tag 1` … `tag n`.
+fn wide_lines(tag: &str, n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("{tag} {i} {}\n", "w".repeat(90)))
+        .collect()
+}
+
+fn lines_of(store: &LogStore, service: &str) -> Vec<String> {
+    all_lines(store, service)
+        .into_iter()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_drops_counted_lines_and_collecting_goes_on() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        return;
+    };
+    // The apps' files are elsewhere; the store's disk fills up.
+    let apps = tempfile::tempdir().unwrap();
+    let (file, gone) = (apps.path().join("app.log"), apps.path().join("gone.log"));
+    let store = LogStore::open(&disk.path().join("store"), Limits::default()).unwrap();
+    let collector = Collector::new(store.clone());
+    collector.add(&file, meta("echo", "c1")).unwrap();
+    collector.add(&gone, meta("echo", "c2")).unwrap();
+    let filler = disk.fill();
+
+    append(&file, &wide_lines("full", 3000));
+    append(&gone, &wide_lines("gone", 100));
+    let mut rounds = 0;
+    while store.stats().dropped_records < 3100 {
+        let round = collector.poll_round();
+        rounds += 1;
+        assert_eq!(round.records, 0);
+        // More is waiting, but a full disk does not make the collector spin.
+        assert!(!round.busy, "round {rounds}: busy against a full disk");
+        assert!(rounds < 20, "{:?}", store.stats());
+    }
+    let stats = store.stats();
+    assert_eq!((stats.dropped_records, stats.records), (3100, 0));
+    assert!(stats.disk_full && stats.write_errors >= 2, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("No space left"),
+        "{stats:?}"
+    );
+    // Nothing dropped is tried again: the rounds are quiet now.
+    let before = store.stats();
+    assert_eq!(collector.poll_round().records, 0);
+    assert_eq!(store.stats(), before);
+    // A source removed while the disk is full is finished off (its lines dropped, counted)
+    // and closed, so its file can go.
+    append(&gone, &wide_lines("gone-late", 10));
+    assert_eq!(collector.remove(&gone).unwrap(), Some(0));
+    assert_eq!(store.stats().dropped_records, 3110);
+    assert_eq!(open_fds_under(&gone), 0);
+    assert_eq!(collector.sources(), std::slice::from_ref(&file));
+
+    // Room again: the same collector and store go on where the app is now.
+    std::fs::remove_file(&filler).unwrap();
+    append(&file, &wide_lines("after", 500));
+    while collector.poll_round().busy {}
+    let stats = store.stats();
+    assert!(!stats.disk_full, "{stats:?}");
+    assert_eq!((stats.records, stats.dropped_records), (500, 3110));
+    let expected: Vec<String> = (1..=500).map(|i| format!("after {i}")).collect();
+    assert_eq!(lines_of(&store, "echo"), expected);
+    // The dropped lines are never stored later either, not even by a restarted ship.
+    drop(collector);
+    drop(store);
+    let store = LogStore::open(&disk.path().join("store"), Limits::default()).unwrap();
+    let mut tailer = Tailer::new(&store, &file, meta("echo", "c1")).unwrap();
+    append(&file, "last\n");
+    assert_eq!(tailer.poll().unwrap(), 1);
+    assert_eq!(lines_of(&store, "echo").len(), 501);
+}
+
+#[test]
+fn a_removed_source_leaves_no_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    let collector = Collector::new(store.clone());
+    let (out, err) = (dir.path().join("c1.out"), dir.path().join("c1.err"));
+    collector.add(&out, meta("echo", "c1")).unwrap();
+    collector.add(&err, meta("echo", "c1")).unwrap();
+    append(&out, "out 1\n");
+    append(&err, "err 1\n");
+    assert_eq!(collector.poll_round().records, 2);
+    assert_eq!((open_fds_under(&out), open_fds_under(&err)), (1, 1));
+
+    append(&out, "out 2 without newline");
+    assert_eq!(collector.remove(&out).unwrap(), Some(1));
+    assert_eq!(open_fds_under(&out), 0, "the removed source is closed");
+    assert_eq!(open_fds_under(&err), 1, "the other one is still tailed");
+    assert_eq!(collector.remove(&out).unwrap(), None, "forgotten");
+    assert_eq!(collector.remove(&err).unwrap(), Some(0));
+    assert_eq!(open_fds_under(&err), 0);
+    assert!(collector.sources().is_empty());
+    // The service is gone for good: the store lets go of its segment too.
+    let service_dir = store_dir.join("echo");
+    assert_eq!(open_fds_under(&service_dir), 1);
+    store.close_service("echo");
+    assert_eq!(open_fds_under(&service_dir), 0);
+    assert_eq!(
+        all_lines(&store, "echo"),
+        ["out 1", "err 1", "out 2 without newline"]
+    );
 }
