@@ -261,7 +261,7 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
             tracing::warn!(
                 service = %route.service,
                 container = %upstream.container,
-                error = %ErrorChain(&*err),
+                error = %ErrorChain(&err),
                 "upstream did not answer"
             );
             let body = format!(
