@@ -1,5 +1,5 @@
 //! Programs a running proxy with one route, as the control plane would: for benchmarks and
-//! manual testing.
+//! manual testing. The table takes the generation in force, so it replaces whatever is there.
 //!
 //! ```text
 //! set_routes SOCKET PORT PREFIX UPSTREAM_ADDR [SERVICE]
@@ -7,6 +7,7 @@
 //! ```
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use starphleet_proxy::{ProxyClient, Route, RouteTable, Upstream};
 
@@ -25,11 +26,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn program(args: &[String]) -> anyhow::Result<()> {
+fn program(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = args[1].parse()?;
     let service = args.get(4).cloned().unwrap_or_else(|| "echo".into());
-    let table = RouteTable {
+    let mut table = RouteTable {
         ship: "bench".into(),
+        generation: 0,
         ports: [(
             port,
             vec![Route {
@@ -49,5 +51,9 @@ fn program(args: &[String]) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(client.set_routes(&table))
+        .block_on(async {
+            table.generation = client.ping(Duration::from_secs(5)).await?.generation;
+            client.set_routes(&table).await
+        })?;
+    Ok(())
 }

@@ -2,52 +2,99 @@
 
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::control::{Request, Response, Status};
 use crate::listen::{Listeners, Shared};
 use crate::table::Counters;
-use crate::{ProxyClient, ProxyOptions};
+use crate::{ProxyClient, ProxyOptions, RouteTable};
 
 /// How long shutdown waits for in-flight requests and open upgraded connections.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Access-log lines wait at most about this long in memory (see `stats::AccessFile`).
 const ACCESS_FLUSH_EVERY: Duration = Duration::from_millis(500);
 
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The control socket's directory could not be created.
+    #[error("creating {dir}: {error}")]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What creating it said.
+        error: std::io::Error,
+    },
+    /// Something other than a socket sits where the control socket goes.
+    #[error("{path} exists and is not a socket; remove it or choose another state dir")]
+    NotASocket {
+        /// The control socket path.
+        path: PathBuf,
+    },
+    /// Another proxy answers on the control socket.
+    #[error("another proxy (pid {pid}) is already running on {path}")]
+    AlreadyRunning {
+        /// The control socket path.
+        path: PathBuf,
+        /// The running proxy's pid.
+        pid: u32,
+    },
+    /// Something that is not a proxy accepts connections on the control socket.
+    #[error("{path} is in use by a program that is not a starphleet proxy")]
+    InUse {
+        /// The control socket path.
+        path: PathBuf,
+    },
+    /// A socket left by a proxy that died could not be removed.
+    #[error("removing the stale socket {path}: {error}")]
+    RemoveStale {
+        /// The control socket path.
+        path: PathBuf,
+        /// What removing it said.
+        error: std::io::Error,
+    },
+    /// The control socket could not be listened on or restricted to its owner.
+    #[error("listening on the control socket {path}: {error}")]
+    Bind {
+        /// The control socket path.
+        path: PathBuf,
+        /// What binding or `chmod` said.
+        error: std::io::Error,
+    },
+    /// SIGTERM could not be watched for.
+    #[error("watching for SIGTERM: {0}")]
+    Signal(std::io::Error),
+}
+
 /// Runs the data plane until a `Shutdown` request or SIGTERM, then stops accepting, lets
 /// in-flight requests finish (up to 30 s) and returns.
-pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
+pub async fn run(opts: ProxyOptions) -> Result<(), ProxyError> {
     let socket = opts.control_socket.clone();
     let control = bind_control(&socket).await?;
-    let mut sigterm = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
-    let daemon = Arc::new(Daemon {
-        shared: Arc::new(Shared::new()),
-        listen_ip: opts.listen_ip,
-        state: Mutex::new(State {
-            counters: Counters::new(opts.access_log_dir.clone()),
-            ..State::default()
-        }),
-        stop: Notify::new(),
-    });
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
+    let daemon = Arc::new(Daemon::new(&opts));
+    // Control connections end once this is dropped: when shutdown begins, or when `run` itself
+    // is dropped, so a control plane holding one learns at once that this proxy is going.
+    let (open, closing) = watch::channel(());
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "proxy started");
 
     let flusher = tokio::spawn(flush_access_logs(Arc::downgrade(&daemon)));
     tokio::select! {
-        () = serve_control(&control, &daemon) => {}
+        () = serve_control(&control, &daemon, &closing) => {}
         () = daemon.stop.notified() => tracing::info!("shutdown requested"),
         _ = sigterm.recv() => tracing::info!("SIGTERM received"),
     }
     // Free the socket at once so a successor can take over while this one drains.
     drop(control);
     let _ = std::fs::remove_file(&socket);
+    drop(open);
     daemon.drain().await;
     flusher.abort();
     daemon.state().counters.flush_access_logs();
@@ -83,60 +130,109 @@ struct State {
 }
 
 impl Daemon {
+    fn new(opts: &ProxyOptions) -> Self {
+        Daemon {
+            shared: Arc::new(Shared::new()),
+            listen_ip: opts.listen_ip,
+            state: Mutex::new(State {
+                counters: Counters::new(opts.access_log_dir.clone()),
+                ..State::default()
+            }),
+            stop: Notify::new(),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn apply(&self, request: Request) -> Response {
-        let mut state = self.state();
-        let state = &mut *state;
+    /// The generation of the table in force, read without the state lock.
+    fn generation(&self) -> u64 {
+        self.shared.table.load().table.generation
+    }
+
+    /// Answers one request; only `WaitIdle` waits, and never with the state locked.
+    async fn answer(&self, request: Request) -> Response {
         match request {
-            Request::SetRoutes(_) if state.stopping => {
-                Response::Error("the proxy is shutting down".into())
-            }
-            Request::SetRoutes(table) => {
-                let compiled = match state.counters.compile(table) {
-                    Ok(compiled) => compiled,
-                    Err(e) => return Response::Error(e),
-                };
-                let ports: Vec<u16> = compiled.table.ports.keys().copied().collect();
-                tracing::info!(
-                    ports = ?ports,
-                    routes = compiled.table.ports.values().map(Vec::len).sum::<usize>(),
-                    "route table set"
-                );
-                let compiled = Arc::new(compiled);
-                self.shared.table.store(compiled.clone());
-                state
-                    .listeners
-                    .reconcile(&ports, self.listen_ip, &self.shared);
-                // Forget idle containers that left, so the registry does not grow forever.
-                state.counters.in_flight(&compiled.table);
-                Response::Ok
-            }
-            Request::Status => {
-                let table = self.shared.table.load_full().table.clone();
-                Response::Status(Status {
-                    pid: std::process::id(),
-                    listening: state.listeners.ports(),
-                    in_flight: state.counters.in_flight(&table),
-                    requests: state.counters.requests(),
-                    routes: state.counters.routes(&table),
-                    bind_errors: state.listeners.errors.clone(),
-                    table,
-                })
+            Request::SetRoutes { table } => self.set_routes(table),
+            Request::Status => self.status(),
+            Request::Ping => Response::Pong {
+                pid: std::process::id(),
+                generation: self.generation(),
+            },
+            Request::WaitIdle {
+                containers,
+                timeout_ms,
+            } => {
+                let watch = self.state().counters.watch(&containers);
+                match watch.idle(Duration::from_millis(timeout_ms)).await {
+                    Ok(()) => Response::Idle,
+                    Err(in_flight) => Response::Busy { in_flight },
+                }
             }
             Request::Shutdown => {
-                state.stopping = true;
+                self.state().stopping = true;
                 self.stop.notify_one();
                 Response::Ok
             }
         }
     }
 
+    fn set_routes(&self, table: RouteTable) -> Response {
+        let mut state = self.state();
+        let state = &mut *state;
+        if state.stopping {
+            return Response::Error("the proxy is shutting down".into());
+        }
+        // The lock orders table swaps: the one in force cannot change before the store below.
+        let current = self.generation();
+        if table.generation < current {
+            tracing::warn!(
+                offered = table.generation,
+                current,
+                "refused a route table older than the one in force"
+            );
+            return Response::Stale { current };
+        }
+        let compiled = match state.counters.compile(table) {
+            Ok(compiled) => compiled,
+            Err(e) => return Response::Error(e),
+        };
+        let ports: Vec<u16> = compiled.table.ports.keys().copied().collect();
+        tracing::info!(
+            generation = compiled.table.generation,
+            ports = ?ports,
+            routes = compiled.table.ports.values().map(Vec::len).sum::<usize>(),
+            "route table set"
+        );
+        let compiled = Arc::new(compiled);
+        self.shared.table.store(compiled.clone());
+        state
+            .listeners
+            .reconcile(&ports, self.listen_ip, &self.shared);
+        // Forget idle containers that left, so the registry does not grow forever.
+        state.counters.in_flight(&compiled.table);
+        Response::Ok
+    }
+
+    fn status(&self) -> Response {
+        let mut state = self.state();
+        let table = self.shared.table.load_full().table.clone();
+        Response::Status(Status {
+            pid: std::process::id(),
+            generation: table.generation,
+            listening: state.listeners.ports(),
+            in_flight: state.counters.in_flight(&table),
+            requests: state.counters.requests(),
+            routes: state.counters.routes(&table),
+            bind_errors: state.listeners.errors.clone(),
+            table,
+        })
+    }
+
     async fn drain(&self) {
         {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
             state.stopping = true;
             state.listeners.stop_all();
         }
@@ -153,48 +249,55 @@ impl Daemon {
 }
 
 /// Takes the control socket: a stale one is replaced, a live one is refused.
-async fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+async fn bind_control(path: &Path) -> Result<UnixListener, ProxyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|error| ProxyError::CreateDir {
+            dir: dir.to_owned(),
+            error,
+        })?;
     }
+    let path_buf = || path.to_owned();
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            bail!(
-                "{} exists and is not a socket; remove it or choose another state dir",
-                path.display()
-            );
+            return Err(ProxyError::NotASocket { path: path_buf() });
         }
+        // `status`, which every proxy version answers, not `ping`, which old ones refuse.
         if let Ok(status) = ProxyClient::new(path).status().await {
-            bail!(
-                "another proxy (pid {}) is already running on {}",
-                status.pid,
-                path.display()
-            );
+            return Err(ProxyError::AlreadyRunning {
+                path: path_buf(),
+                pid: status.pid,
+            });
         }
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "{} is in use by a program that is not a starphleet proxy",
-                path.display()
-            );
+            return Err(ProxyError::InUse { path: path_buf() });
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(|error| ProxyError::RemoveStale {
+            path: path_buf(),
+            error,
+        })?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("listening on the control socket {}", path.display()))?;
+    let bind = |error| ProxyError::Bind {
+        path: path_buf(),
+        error,
+    };
+    let listener = UnixListener::bind(path).map_err(bind)?;
     // The socket reprograms every public port: only its owner may use it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
     Ok(listener)
 }
 
-async fn serve_control(listener: &UnixListener, daemon: &Arc<Daemon>) {
+async fn serve_control(
+    listener: &UnixListener,
+    daemon: &Arc<Daemon>,
+    closing: &watch::Receiver<()>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let daemon = daemon.clone();
+                let closing = closing.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = control_connection(stream, &daemon).await {
+                    if let Err(err) = control_connection(stream, &daemon, closing).await {
                         tracing::debug!(error = %err, "control connection ended");
                     }
                 });
@@ -207,15 +310,30 @@ async fn serve_control(listener: &UnixListener, daemon: &Arc<Daemon>) {
     }
 }
 
-async fn control_connection(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
+/// Answers one connection's requests in order, until the client hangs up or the proxy begins
+/// to shut down; a request being answered then is answered first.
+async fn control_connection(
+    stream: UnixStream,
+    daemon: &Daemon,
+    mut closing: watch::Receiver<()>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let line = tokio::select! {
+            biased;
+            // Nothing is ever sent: this resolves when the sender is dropped.
+            _ = closing.changed() => break,
+            line = lines.next_line() => match line? {
+                Some(line) => line,
+                None => break,
+            },
+        };
         if line.trim().is_empty() {
             continue;
         }
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => daemon.apply(request),
+            Ok(request) => daemon.answer(request).await,
             Err(e) => Response::Error(format!("not a request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialize");
@@ -223,4 +341,61 @@ async fn control_connection(stream: UnixStream, daemon: &Daemon) -> std::io::Res
         write.write_all(&out).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(generation: u64) -> RouteTable {
+        RouteTable {
+            ship: format!("gen-{generation}"),
+            generation,
+            ports: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_tables_older_than_the_one_in_force_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::new(&ProxyOptions::new(dir.path().join("unused.sock")));
+        let ping = || async { daemon.answer(Request::Ping).await };
+        let set = |table| async { daemon.answer(Request::SetRoutes { table }).await };
+        let generation = || async {
+            match daemon.answer(Request::Status).await {
+                Response::Status(s) => (s.generation, s.table.ship),
+                other => panic!("{other:?}"),
+            }
+        };
+        let pid = std::process::id();
+
+        assert_eq!(ping().await, Response::Pong { pid, generation: 0 });
+        assert_eq!(set(table(0)).await, Response::Ok, "a fresh proxy takes 0");
+        assert_eq!(set(table(5)).await, Response::Ok);
+        assert_eq!(set(table(4)).await, Response::Stale { current: 5 });
+        assert_eq!(generation().await, (5, "gen-5".into()));
+        assert_eq!(set(table(5)).await, Response::Ok, "the same one again");
+        let mut bad = table(9);
+        bad.ports.insert(0, Vec::new());
+        assert!(matches!(set(bad).await, Response::Error(_)));
+        assert_eq!(ping().await, Response::Pong { pid, generation: 5 });
+        assert_eq!(set(table(6)).await, Response::Ok);
+        assert_eq!(generation().await, (6, "gen-6".into()));
+        assert_eq!(daemon.answer(Request::Shutdown).await, Response::Ok);
+        assert!(matches!(set(table(7)).await, Response::Error(_)));
+        daemon.shared.stop_workers();
+    }
+
+    #[tokio::test]
+    async fn wait_idle_on_unknown_containers_is_idle_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::new(&ProxyOptions::new(dir.path().join("unused.sock")));
+        let wait = Request::WaitIdle {
+            containers: vec!["nobody-1".into()],
+            timeout_ms: 60_000,
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(1), daemon.answer(wait)).await;
+        assert_eq!(answer.unwrap(), Response::Idle);
+        daemon.shared.stop_workers();
+    }
 }

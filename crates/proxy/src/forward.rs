@@ -165,12 +165,13 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
             return resp;
         };
         let in_flight = &route.upstreams[picked].in_flight;
-        in_flight.fetch_add(1, Ordering::SeqCst);
+        in_flight.enter();
         let current = shared.table.load();
         if Arc::ptr_eq(&table, &current) {
             break (at, rest, picked);
         }
-        in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Through `leave`: a drain watcher that saw this passing count is woken again.
+        in_flight.leave();
         table = arc_swap::Guard::into_inner(current);
     };
     let route = table.route(at);
@@ -261,7 +262,7 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
             tracing::warn!(
                 service = %route.service,
                 container = %upstream.container,
-                error = %ErrorChain(&*err),
+                error = %ErrorChain(&err),
                 "upstream did not answer"
             );
             let body = format!(
@@ -678,7 +679,7 @@ impl Drop for Done {
                 if let Some(file) = &upstream.access {
                     // The last request in flight writes the lines out: the control plane never
                     // reads a container's count at 0 while its access log lacks lines.
-                    let last = upstream.in_flight.load(Ordering::SeqCst) == 1;
+                    let last = upstream.in_flight.get() == 1;
                     file.write_line(
                         |out| log.line(out, self.status, self.bytes, elapsed, &upstream.version),
                         last,
@@ -687,9 +688,9 @@ impl Drop for Done {
             }
         }
         // The in-flight count drops last: a control plane that sees a container's count at 0
-        // finds its access log complete.
+        // finds its access log complete, and one waiting for 0 is woken.
         if let Some(upstream) = upstream {
-            upstream.in_flight.fetch_sub(1, Ordering::SeqCst);
+            upstream.in_flight.leave();
         }
     }
 }

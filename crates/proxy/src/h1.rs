@@ -12,7 +12,37 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{StatusCode, Version};
 
 /// Why a response could not be read.
-pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed response head: {0}")]
+    MalformedHead(httparse::Error),
+    #[error("response without a status")]
+    NoStatus,
+    #[error("invalid status {0}")]
+    InvalidStatus(u16),
+    #[error("invalid header name in response")]
+    HeaderName,
+    #[error("invalid value of header {0} in response")]
+    HeaderValue(HeaderName),
+    #[error("invalid Content-Length in response")]
+    ContentLength,
+    #[error("empty Content-Length in response")]
+    EmptyContentLength,
+    #[error("conflicting Content-Length values in response")]
+    ConflictingLength,
+    #[error("chunk data not followed by CRLF")]
+    ChunkNotTerminated,
+    #[error("malformed line in chunked body")]
+    ChunkLine,
+    #[error("line too long in chunked body")]
+    ChunkLineTooLong,
+    #[error("invalid chunk size")]
+    ChunkSize,
+    #[error("upstream closed the connection before the end of the body")]
+    Truncated,
+}
 
 /// The largest response head (status line and headers) accepted.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -56,13 +86,13 @@ pub(crate) fn parse_response(
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(format!("response head larger than {MAX_HEAD} bytes").into())
+                return Err(Error::HeadTooLarge)
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(format!("malformed response head: {e}").into()),
+            Err(e) => return Err(Error::MalformedHead(e)),
         };
         if len > MAX_HEAD {
-            return Err(format!("response head larger than {MAX_HEAD} bytes").into());
+            return Err(Error::HeadTooLarge);
         }
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -74,11 +104,11 @@ pub(crate) fn parse_response(
                 h.value.len() as u32,
             );
         }
-        let code = resp.code.ok_or("response without a status")?;
+        let code = resp.code.ok_or(Error::NoStatus)?;
         (len, code, resp.version.unwrap_or(1), resp.headers.len())
     };
     let head = buf.split_to(len).freeze();
-    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code))?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -95,14 +125,13 @@ pub(crate) fn parse_response(
     let mut keep_alive_asked = false;
     for &(ns, nl, vs, vl) in &spans[..count] {
         let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-        let name = HeaderName::from_bytes(&head[ns..ns + nl])
-            .map_err(|_| "invalid header name in response")?;
+        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| Error::HeaderName)?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-            .map_err(|_| format!("invalid value of header {name} in response"))?;
+            .map_err(|_| Error::HeaderValue(name.clone()))?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(value.as_bytes())?;
             if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length headers in response".into());
+                return Err(Error::ConflictingLength);
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
@@ -161,15 +190,15 @@ fn parse_length(value: &[u8]) -> Result<u64, Error> {
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return Err("invalid Content-Length in response".into());
+            return Err(Error::ContentLength);
         }
         let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         if length.is_some_and(|l| l != n) {
-            return Err("conflicting Content-Length values in response".into());
+            return Err(Error::ConflictingLength);
         }
         length = Some(n);
     }
-    length.ok_or_else(|| "empty Content-Length in response".into())
+    length.ok_or(Error::EmptyContentLength)
 }
 
 fn last_token(value: &[u8]) -> &[u8] {
@@ -256,7 +285,7 @@ impl Decoder {
                         return Ok(None);
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err("chunk data not followed by CRLF".into());
+                        return Err(Error::ChunkNotTerminated);
                     }
                     buf.advance(2);
                     *self = Decoder::Chunked(Chunk::Size);
@@ -296,7 +325,7 @@ impl Decoder {
                 *self = Decoder::Done;
                 Ok(())
             }
-            _ => Err("upstream closed the connection before the end of the body".into()),
+            _ => Err(Error::Truncated),
         }
     }
 }
@@ -308,8 +337,8 @@ fn line_end(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
         Some(lf) if lf > 0 && buf[lf - 1] == b'\r' && !buf[..lf - 1].contains(&b'\r') => {
             Ok(Some(lf - 1))
         }
-        Some(_) => Err("malformed line in chunked body".into()),
-        None if buf.len() > limit => Err("line too long in chunked body".into()),
+        Some(_) => Err(Error::ChunkLine),
+        None if buf.len() > limit => Err(Error::ChunkLineTooLong),
         None => Ok(None),
     }
 }
@@ -318,7 +347,7 @@ fn line_end(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
 fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {
-        return Err("invalid chunk size".into());
+        return Err(Error::ChunkSize);
     }
     let size = line[..digits].iter().fold(0u64, |n, &d| {
         let v = (d as char).to_digit(16).unwrap_or_default();
@@ -328,7 +357,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     if rest.is_empty() || rest[0] == b';' {
         Ok(size)
     } else {
-        Err("invalid chunk size".into())
+        Err(Error::ChunkSize)
     }
 }
 

@@ -3,25 +3,28 @@
 //! `run` is a small long-lived process of its own (`starphleet proxy`), separate from the control
 //! plane, so restarting the ship never drops a request: the control plane only programs it with
 //! a whole [`RouteTable`] over a Unix socket ([`ProxyClient`]), and the proxy keeps serving the last
-//! table it was given.
+//! table it was given. Tables are numbered ([`RouteTable::generation`]), so a control plane that
+//! fell behind cannot put back a table older than the one in force. Draining a container is
+//! pushed, not polled: [`ProxyClient::wait_idle`] is answered the moment its last request ends.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub mod control;
 mod daemon;
 mod forward;
 mod h1;
+mod inflight;
 mod listen;
 mod stats;
 mod table;
 mod upstream;
 
-pub use control::ProxyClient;
-pub use daemon::run;
+pub use control::{ControlConnection, ControlError, Idle, Pong, ProxyClient};
+pub use daemon::{run, ProxyError};
 pub use stats::{RouteCounters, LATENCY_BOUNDS_S};
 
 /// The whole routing state of the proxy, replaced atomically by each `SetRoutes`.
@@ -29,8 +32,29 @@ pub use stats::{RouteCounters, LATENCY_BOUNDS_S};
 pub struct RouteTable {
     /// The ship's name, shown in the proxy's own error pages.
     pub ship: String,
+    /// Monotonic number of this table; the proxy refuses a table older than the one in force.
+    #[serde(default)]
+    pub generation: u64,
     /// Routes per public port; every port named here is listened on.
+    #[serde(deserialize_with = "port_map")]
     pub ports: BTreeMap<u16, Vec<Route>>,
+}
+
+/// Reads `ports`, whose keys JSON writes as strings of digits. serde_json parses such keys into
+/// numbers itself, but not once serde has buffered the table, as it does inside the internally
+/// tagged `control::Request`.
+fn port_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, Vec<Route>>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    BTreeMap::<String, Vec<Route>>::deserialize(d)?
+        .into_iter()
+        .map(|(port, routes)| match port.parse() {
+            Ok(port) => Ok((port, routes)),
+            Err(_) => Err(D::Error::invalid_value(
+                Unexpected::Str(&port),
+                &"a port number, 1 to 65535",
+            )),
+        })
+        .collect()
 }
 
 /// One URL prefix on one public port, served by one service.

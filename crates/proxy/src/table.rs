@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 
+use crate::inflight::{InFlight, Watch};
 use crate::stats::{AccessFile, RouteCounters, RouteStats};
 use crate::RouteTable;
 use std::path::PathBuf;
@@ -47,7 +48,7 @@ pub(crate) struct CUpstream {
     /// The container's name, for counts and logs.
     pub container: Arc<str>,
     /// Shared with every table naming the same container, so counts survive swaps.
-    pub in_flight: Arc<AtomicU64>,
+    pub in_flight: Arc<InFlight>,
     /// The version it runs, for the access log.
     pub version: Arc<str>,
     /// Its access log, when the proxy writes them.
@@ -109,10 +110,10 @@ impl CRoute {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut best = start;
-        let mut best_load = self.upstreams[start].in_flight.load(Ordering::Relaxed);
+        let mut best_load = self.upstreams[start].in_flight.get_relaxed();
         for i in 1..n {
             let u = (start + i) % n;
-            let load = self.upstreams[u].in_flight.load(Ordering::Relaxed);
+            let load = self.upstreams[u].in_flight.get_relaxed();
             if load < best_load {
                 best = u;
                 best_load = load;
@@ -126,7 +127,7 @@ impl CRoute {
 /// left the table can be watched draining) and requests per service.
 #[derive(Default)]
 pub(crate) struct Counters {
-    in_flight: HashMap<String, Arc<AtomicU64>>,
+    in_flight: HashMap<String, Arc<InFlight>>,
     requests: HashMap<String, Arc<AtomicU64>>,
     routes: HashMap<(u16, String), Arc<RouteStats>>,
     access_dir: Option<PathBuf>,
@@ -237,8 +238,20 @@ impl Counters {
         Ok(Compiled { table, ports })
     }
 
-    /// In-flight counts for the containers in `table` and for any other container still busy;
-    /// idle containers that left the table are forgotten here.
+    /// Watches the named containers' requests in flight; a container the proxy does not know
+    /// has none.
+    pub fn watch(&self, containers: &[String]) -> Watch {
+        let names: std::collections::BTreeSet<&String> = containers.iter().collect();
+        Watch::new(
+            names
+                .into_iter()
+                .filter_map(|name| self.in_flight.get(name).cloned())
+                .collect(),
+        )
+    }
+
+    /// In-flight counts for the containers in `table` and for any other container still busy
+    /// or watched; idle containers that left the table are forgotten here.
     pub fn in_flight(&mut self, table: &RouteTable) -> BTreeMap<String, u64> {
         let named: std::collections::HashSet<&str> = table
             .ports
@@ -247,13 +260,13 @@ impl Counters {
             .flat_map(|r| r.upstreams.iter().map(|u| u.container.as_str()))
             .collect();
         self.in_flight.retain(|name, count| {
-            named.contains(name.as_str()) || count.load(Ordering::SeqCst) > 0
+            named.contains(name.as_str()) || count.get() > 0 || count.is_watched()
         });
         let live = &self.in_flight;
         self.access.retain(|name, _| live.contains_key(name));
         self.in_flight
             .iter()
-            .map(|(name, count)| (name.clone(), count.load(Ordering::SeqCst)))
+            .map(|(name, count)| (name.clone(), count.get()))
             .collect()
     }
 
@@ -266,11 +279,11 @@ impl Counters {
     }
 }
 
-fn counter(map: &mut HashMap<String, Arc<AtomicU64>>, name: &str) -> Arc<AtomicU64> {
+fn counter<T: Default>(map: &mut HashMap<String, Arc<T>>, name: &str) -> Arc<T> {
     if let Some(c) = map.get(name) {
         return c.clone();
     }
-    let c = Arc::new(AtomicU64::new(0));
+    let c = Arc::new(T::default());
     map.insert(name.to_owned(), c.clone());
     c
 }
@@ -331,6 +344,7 @@ mod tests {
             .collect();
         RouteTable {
             ship: "s".into(),
+            generation: 0,
             ports: [(80, routes)].into(),
         }
     }
@@ -372,10 +386,35 @@ mod tests {
         let busy = old.lookup(80, "/a").unwrap().0.upstreams[0]
             .in_flight
             .clone();
-        busy.fetch_add(1, Ordering::SeqCst);
+        busy.enter();
         let empty = RouteTable::default();
         assert_eq!(counters.in_flight(&empty).get("c/a"), Some(&1));
-        busy.fetch_sub(1, Ordering::SeqCst);
+        busy.leave();
+        assert!(counters.in_flight(&empty).is_empty());
+    }
+
+    #[test]
+    fn a_watched_container_is_not_forgotten() {
+        let mut counters = Counters::default();
+        let old = counters.compile(table(&["/a"])).unwrap();
+        let busy = old.lookup(80, "/a").unwrap().0.upstreams[0]
+            .in_flight
+            .clone();
+        busy.enter();
+        let watch = counters.watch(&["c/a".into(), "c/a".into(), "unknown".into()]);
+        assert_eq!(
+            watch.busy(),
+            1,
+            "each container counts once, unknown ones as 0"
+        );
+        busy.leave();
+        let empty = RouteTable::default();
+        assert_eq!(counters.in_flight(&empty).get("c/a"), Some(&0));
+        // Named again, the container keeps the counter the watch holds.
+        let again = counters.compile(table(&["/a"])).unwrap();
+        let counter = &again.lookup(80, "/a").unwrap().0.upstreams[0].in_flight;
+        assert!(Arc::ptr_eq(counter, &busy));
+        drop(watch);
         assert!(counters.in_flight(&empty).is_empty());
     }
 }

@@ -45,7 +45,30 @@ const READ_SIZE: usize = 8 * 1024;
 const BODY_READ_SIZE: usize = 32 * 1024;
 
 /// Why a request could not be forwarded, or a response body not relayed to its end.
-pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}")]
+    ConnectTimedOut { addr: SocketAddr },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// From hyper's client connection, or the upstream body it relays.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The answer of a direct exchange is not a usable response.
+    #[error(transparent)]
+    Response(#[from] h1::Error),
+    #[error("upstream switched protocols unasked")]
+    SwitchedUnasked,
+    #[error("upstream closed the connection in the middle of a response head")]
+    ClosedInHead,
+    #[error("upstream closed the connection without answering")]
+    Unanswered,
+}
 
 type Idle<T> = Mutex<HashMap<SocketAddr, Vec<Aging<T>>, BuildHasherDefault<AddrHasher>>>;
 
@@ -231,12 +254,8 @@ async fn sweep(pool: Weak<Pool>) {
 async fn connect(addr: SocketAddr) -> Result<TcpStream, Error> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(format!("connecting to {addr}: {err}").into()),
-        Err(_) => {
-            return Err(
-                format!("connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}").into(),
-            )
-        }
+        Ok(Err(error)) => return Err(Error::Connect { addr, error }),
+        Err(_) => return Err(Error::ConnectTimedOut { addr }),
     };
     // Requests are written whole; Nagle would only delay them.
     stream.set_nodelay(true)?;
@@ -362,28 +381,18 @@ impl Direct {
                 answered = true;
                 match h1::parse_response(&mut self.read, head_request, headers) {
                     Ok(Some(head)) if head.status == hyper::StatusCode::SWITCHING_PROTOCOLS => {
-                        return Err(Failure::Broken(
-                            "upstream switched protocols unasked".into(),
-                        ))
+                        return Err(Failure::Broken(Error::SwitchedUnasked))
                     }
                     Ok(Some(head)) if head.status.is_informational() => continue,
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) => {}
-                    Err(err) => return Err(Failure::Broken(err)),
+                    Err(err) => return Err(Failure::Broken(err.into())),
                 }
             }
             self.make_room(READ_SIZE / 2);
             match self.stream.read_buf(&mut self.read).await {
-                Ok(0) if answered => {
-                    return Err(Failure::Broken(
-                        "upstream closed the connection in the middle of a response head".into(),
-                    ))
-                }
-                Ok(0) => {
-                    return Err(Failure::Unanswered(
-                        "upstream closed the connection without answering".into(),
-                    ))
-                }
+                Ok(0) if answered => return Err(Failure::Broken(Error::ClosedInHead)),
+                Ok(0) => return Err(Failure::Unanswered(Error::Unanswered)),
                 Ok(_) => {}
                 Err(err) if answered => return Err(Failure::Broken(err.into())),
                 Err(err) => return Err(Failure::Unanswered(err.into())),
@@ -472,13 +481,13 @@ impl Body for DirectBody {
                 Ok(None) => {}
                 Err(err) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(err)));
+                    return Poll::Ready(Some(Err(err.into())));
                 }
             }
             match ready!(conn.poll_fill(cx, this.decoder.remaining())) {
                 Ok(0) => {
                     this.conn = None;
-                    return Poll::Ready(this.decoder.eof().err().map(Err));
+                    return Poll::Ready(this.decoder.eof().err().map(|e| Err(e.into())));
                 }
                 Ok(_) => {}
                 Err(err) => {

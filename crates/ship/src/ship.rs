@@ -548,6 +548,7 @@ impl Ship {
         }
         RouteTable {
             ship: self.opts.name.clone(),
+            generation: 0,
             ports,
         }
     }

@@ -19,7 +19,7 @@ use hyper::header;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use starphleet_proxy::{ProxyClient, ProxyOptions, Route, RouteTable, Upstream};
+use starphleet_proxy::{ProxyClient, ProxyError, ProxyOptions, Route, RouteTable, Upstream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -168,7 +168,7 @@ async fn respond(
 pub struct Proxy {
     pub client: ProxyClient,
     pub socket: std::path::PathBuf,
-    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub task: Option<JoinHandle<Result<(), ProxyError>>>,
     pub _dir: tempfile::TempDir,
 }
 
@@ -233,6 +233,7 @@ pub fn route(prefix: &str, service: &str, upstreams: &[&Backend]) -> Route {
 pub fn table(ports: impl IntoIterator<Item = (u16, Vec<Route>)>) -> RouteTable {
     RouteTable {
         ship: SHIP.into(),
+        generation: 0,
         ports: ports.into_iter().collect(),
     }
 }
