@@ -133,10 +133,11 @@ impl ContainerSpec {
             && self
                 .id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                // What runc accepts (`^[\w+-.]+$`).
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
         if !id_ok {
             return invalid(format!(
-                "container id {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                "container id {:?} must be non-empty ASCII letters, digits, '-', '_', '.' or '+'",
                 self.id
             ));
         }
@@ -745,6 +746,10 @@ mod tests {
         let mut s = spec();
         s.id = "bad id".into();
         assert!(s.validate().is_err());
+        // The ship writes `team/api`'s containers as `sp-…-team+api`, which runc accepts.
+        let mut s = spec();
+        s.id = "sp-a1b2c3-1f-team+api".into();
+        assert!(s.validate().is_ok());
         let mut s = spec();
         s.user = (0, 0);
         assert!(s.validate().unwrap_err().to_string().contains("non-root"));
