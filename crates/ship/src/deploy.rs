@@ -1,183 +1,152 @@
-//! The deploy pipeline: fetch → build → start beside the old → health gate → switch → drain → stop.
+//! The deploy pipeline: fetch → build → start beside the old version → health gate → switch.
+//!
+//! A pipeline owns no state: it asks the owner for container records (persisted before any
+//! container exists), reports each start, and hands the healthy version to the owner, which
+//! switches traffic to it once the proxy has the new table. When it stops early, whatever it
+//! started is stopped by the owner as leftovers.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
 use starphleet_build::{BuildRequest, Layer, APP_USER};
-use starphleet_orders::{AppSpec, Order};
+use starphleet_orders::AppSpec;
 use starphleet_runtime::{Bind, ContainerSpec};
-use tracing::{error, info, warn};
-
-use crate::health;
-use crate::observe::version_label;
-use crate::ship::{safe_name, Ship};
-use crate::state::{now_ms, ContainerRecord, DeployRecord, PublishRecord, Version, DEPLOY_HISTORY};
 use starphleet_telemetry::Kind;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-/// How long a stopping container gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+use crate::context::Ctx;
+use crate::health;
+use crate::owner::core::{DeployEnd, DeployJob};
+use crate::owner::{Event, OwnerTx};
+use crate::state::{now_ms, ContainerRecord, DeployRecord, PublishRecord, Version};
+use crate::telemetry::version_label;
+
 /// How long an old version may finish in-flight requests after a switch, unless the order says otherwise.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
-/// A service that ran this long without a crash starts its back-off from scratch.
-const STEADY: Duration = Duration::from_secs(600);
-
-/// The wait before restart number `n` (1-based): 1 s, 2 s, 4 s, … up to 5 minutes.
-pub(crate) fn restart_delay(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
-
+pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// Where the `starphleet` binary is bound in each container to run as its init (`starphleet init`).
 const INIT_PATH: &str = "/.starphleet/starphleet";
-/// Lines of a failed container's output kept in the error.
-const TAIL_LINES: usize = 20;
 
-/// One deploy to carry out.
-pub(crate) struct Plan {
-    pub service: String,
-    pub order: Order,
-    pub app_commit: String,
-    pub key: String,
-    pub env: Vec<(String, String)>,
-    /// Set when a newer version supersedes this deploy.
-    pub cancel: Arc<std::sync::atomic::AtomicBool>,
-    /// Build afresh instead of reusing a cached layer (`starphleet redeploy`).
-    pub fresh_build: bool,
+/// Why a deploy did not reach its switch.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A newer version (or the order's removal) superseded it; the version is not at fault.
+    #[error("superseded by a newer version")]
+    Superseded,
+    /// The app commit could not be fetched.
+    #[error("fetching {url} at {commit}: {source}")]
+    Fetch {
+        /// The repository.
+        url: String,
+        /// The commit.
+        commit: String,
+        /// What git said.
+        source: starphleet_git::GitError,
+    },
+    /// The app's `Starphleet` file has errors.
+    #[error("{url} at {commit}:\n{diagnostics}")]
+    AppSpec {
+        /// The repository.
+        url: String,
+        /// The commit.
+        commit: String,
+        /// Every diagnostic, rendered.
+        diagnostics: String,
+    },
+    /// Neither `Starphleet` nor `Procfile` says how to start the app.
+    #[error("{url} at {commit} has no start command: add a `Starphleet` file at its root with a line `start <command>` (or a Procfile with `web: <command>`)")]
+    NoStart {
+        /// The repository.
+        url: String,
+        /// The commit.
+        commit: String,
+    },
+    /// A build step failed.
+    #[error(transparent)]
+    Build(#[from] starphleet_build::BuildError),
+    /// Containers could not be recorded.
+    #[error("{0}")]
+    Allocate(String),
+    /// A container's network namespace could not be made.
+    #[error("creating network namespace {netns}: {source}")]
+    Network {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        source: starphleet_runtime::NetError,
+    },
+    /// The OCI runtime could not start a container.
+    #[error("starting container {container}: {source}")]
+    Start {
+        /// The container.
+        container: String,
+        /// What the runtime said.
+        source: starphleet_runtime::RuntimeError,
+    },
+    /// A container did not become healthy.
+    #[error("{reason}\n{output}")]
+    Unhealthy {
+        /// What the health gate saw.
+        reason: health::HealthError,
+        /// The last lines the container printed.
+        output: String,
+    },
+    /// The ship stopped meanwhile.
+    #[error("the ship is shutting down")]
+    ShipStopping,
+    /// A blocking task of the pipeline panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// Why a pipeline stopped early without the version being at fault.
-#[derive(Debug)]
-struct Superseded;
-
-impl std::fmt::Display for Superseded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("superseded by a newer version")
-    }
-}
-
-impl std::error::Error for Superseded {}
-
-/// Runs one deploy to the end, recording its timeline and outcome.
-pub(crate) async fn deploy(ship: Arc<Ship>, plan: Plan) {
+/// Runs one deploy to its switch (or its end) and tells the owner.
+pub(crate) async fn run(ctx: Arc<Ctx>, owner: OwnerTx, job: DeployJob, cancel: CancellationToken) {
+    let label = version_label(&job.version.app_commit, &job.version.order.revision);
     let mut record = DeployRecord {
-        key: plan.key.clone(),
-        app_commit: plan.app_commit.clone(),
+        key: job.version.key.clone(),
+        app_commit: job.version.app_commit.clone(),
+        version_label: label.clone(),
         started_at_ms: now_ms(),
         steps: Vec::new(),
         outcome: "in progress".into(),
     };
-    info!(service = %plan.service, commit = %plan.app_commit, version = %plan.key, "deploy started");
-    let label = version_label(&plan.app_commit, &plan.order.revision);
-    ship.observer.event(
-        &plan.service,
+    info!(service = %job.service, commit = %job.version.app_commit, version = %job.version.key, reason = ?job.reason, "deploy started");
+    ctx.telemetry.note(
+        &job.service,
         &label,
         Kind::Ship,
-        &format!("deploy of {} started", short(&plan.app_commit)),
+        &format!("deploy of {} started", short(&job.version.app_commit)),
     );
-    let result = pipeline(&ship, &plan, &mut record).await;
-    let steps: Vec<String> = record
-        .steps
-        .iter()
-        .map(|(n, ms)| format!("{n} {ms}ms"))
-        .collect();
-    match &result {
-        Ok(_) => ship.observer.event(
-            &plan.service,
-            &label,
-            Kind::Ship,
-            &format!("serving ({})", steps.join(", ")),
-        ),
-        Err(e) => {
-            let step = record.steps.last().map(|s| s.0.as_str()).unwrap_or("");
-            let kind = if step == "health" {
-                Kind::Health
-            } else {
-                Kind::Ship
-            };
-            ship.observer.event(
-                &plan.service,
-                &label,
-                kind,
-                &format!(
-                    "deploy {}: {e:#}",
-                    if e.is::<Superseded>() {
-                        "stopped"
-                    } else {
-                        "failed"
-                    }
-                ),
-            );
-        }
-    }
-    let mut pending = Vec::new();
-    {
-        let mut state = ship.state.lock().unwrap();
-        let svc = state.services.entry(plan.service.clone()).or_default();
-        match &result {
-            Ok(_) => {
-                record.outcome = "serving".into();
-                svc.failed_key = None;
-                svc.last_error = None;
-            }
-            Err(e) if e.is::<Superseded>() => {
-                record.outcome = e.to_string();
-                pending = std::mem::take(&mut svc.pending);
-            }
-            Err(e) => {
-                let step = record.steps.last().map(|s| s.0.clone()).unwrap_or_default();
-                record.outcome = format!("failed at {step}: {e:#}");
-                svc.failed_key = Some(plan.key.clone());
-                svc.last_error = Some(format!(
-                    "deploy of {} failed at {step}: {e:#}",
-                    short(&plan.app_commit)
-                ));
-                pending = std::mem::take(&mut svc.pending);
+    let result = pipeline(&ctx, &owner, &job, &cancel, &mut record).await;
+    let end = match result {
+        Ok(version) => {
+            let go = owner
+                .ask(|reply| Event::Switch {
+                    service: job.service.clone(),
+                    deploy: job.deploy,
+                    version: Box::new(version),
+                    record: record.clone(),
+                    reply,
+                })
+                .await;
+            match go {
+                Some(true) => return,
+                Some(false) => DeployEnd::Superseded,
+                None => return,
             }
         }
-        svc.deploys.push(record.clone());
-        let excess = svc.deploys.len().saturating_sub(DEPLOY_HISTORY);
-        svc.deploys.drain(..excess);
-        ship.save(&state);
-    }
-    for c in pending {
-        stop_container(&ship, &c).await;
-    }
-    ship.live.lock().unwrap().deploying.remove(&plan.service);
-    match result {
-        Ok(old) => {
-            info!(service = %plan.service, version = %plan.key, steps = ?record.steps, "deploy done");
-            // The next deploy of this service may start while the old version drains.
-            ship.wake();
-            if let Some(old) = old {
-                let started = Instant::now();
-                let drained = retire_version(&ship, &plan.service, old).await;
-                let mut state = ship.state.lock().unwrap();
-                if let Some(r) = state.services.get_mut(&plan.service).and_then(|s| {
-                    s.deploys
-                        .iter_mut()
-                        .rev()
-                        .find(|r| r.started_at_ms == record.started_at_ms)
-                }) {
-                    r.steps.push(("drain".into(), drained.as_millis() as u64));
-                    r.steps.push((
-                        "stop".into(),
-                        (started.elapsed() - drained).as_millis() as u64,
-                    ));
-                }
-                ship.save(&state);
-            }
-        }
-        Err(e) if e.is::<Superseded>() => {
-            info!(service = %plan.service, version = %plan.key, "deploy superseded by a newer version");
-            ship.wake();
-        }
-        Err(e) => error!(
-            service = %plan.service,
-            version = %plan.key,
-            "deploy failed, the previous version keeps serving: {e:#}"
-        ),
-    }
+        Err(DeployError::Superseded) => DeployEnd::Superseded,
+        Err(DeployError::ShipStopping) => return,
+        Err(e) => DeployEnd::Failed(e.to_string()),
+    };
+    owner.send(Event::DeployEnded {
+        service: job.service.clone(),
+        deploy: job.deploy,
+        record,
+        end,
+    });
 }
 
 /// Times one step into the record.
@@ -206,61 +175,96 @@ impl<'a> Timer<'a> {
     }
 }
 
-/// Fetch → build → start → health → switch; returns the version switched away from.
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn check(cancel: &CancellationToken) -> Result<(), DeployError> {
+    if cancel.is_cancelled() {
+        Err(DeployError::Superseded)
+    } else {
+        Ok(())
+    }
+}
+
+/// Fetch → build → start → health; returns the healthy version.
 async fn pipeline(
-    ship: &Arc<Ship>,
-    plan: &Plan,
+    ctx: &Arc<Ctx>,
+    owner: &OwnerTx,
+    job: &DeployJob,
+    cancel: &CancellationToken,
     record: &mut DeployRecord,
-) -> Result<Option<Version>> {
-    let cancelled = || -> Result<()> {
-        if plan.cancel.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(Superseded.into())
-        } else {
-            Ok(())
-        }
-    };
+) -> Result<Version, DeployError> {
+    let want = &job.version;
+    let order = &want.order;
+    let url = order.autodeploy.url.clone();
     let mut timer = Timer::begin(record, "fetch");
-    let mirror = ship
+    let mirror = ctx
         .layout
         .repos()
-        .join(starphleet_git::cache_name(&plan.order.autodeploy.url));
+        .join(starphleet_git::cache_name(&order.autodeploy.url));
     {
-        let _guard = ship.lock(&mirror.to_string_lossy()).await;
-        let (git, url, dir, commit) = (
-            ship.git.clone(),
-            plan.order.autodeploy.url.clone(),
+        let _guard = ctx.lock(&mirror.to_string_lossy()).await;
+        let (git, dir, commit, u) = (
+            ctx.git.clone(),
             mirror.clone(),
-            plan.app_commit.clone(),
+            want.app_commit.clone(),
+            url.clone(),
         );
-        tokio::task::spawn_blocking(move || git.fetch_commit(&url, &dir, &commit)).await??;
+        tokio::task::spawn_blocking(move || git.fetch_commit(&u, &dir, &commit))
+            .await?
+            .map_err(|source| DeployError::Fetch {
+                url: url.clone(),
+                commit: short(&want.app_commit).into(),
+                source,
+            })?;
     }
 
-    cancelled()?;
+    check(cancel)?;
     timer.next("build");
-    let app = app_spec(ship, &mirror, plan)?;
-    let start = app.start.clone().ok_or_else(|| no_start_error(plan))?;
-    let env = crate::env::merge(&[&app.env, &plan.env]);
-    let layer = build(ship, plan, &mirror, &app, &env).await?;
+    let app = app_spec(ctx, &mirror, job).await?;
+    let start = app.start.clone().ok_or_else(|| DeployError::NoStart {
+        url: url.clone(),
+        commit: short(&want.app_commit).into(),
+    })?;
+    let env = crate::env::merge(&[&app.env, &want.env]);
+    let layer = build(ctx, owner, job, &mirror, &app, &env).await?;
 
-    cancelled()?;
+    check(cancel)?;
     timer.next("start");
-    let private = plan.order.publish.first().map(|p| p.private);
-    let instances = plan.order.instances.unwrap_or(1).max(1);
+    let private = order.publish.first().map(|p| p.private);
+    let instances = order.instances.unwrap_or(1).max(1);
+    let records = owner
+        .ask(|reply| Event::Allocate {
+            service: job.service.clone(),
+            deploy: job.deploy,
+            count: instances,
+            reply,
+        })
+        .await
+        .ok_or(DeployError::ShipStopping)?
+        .map_err(DeployError::Allocate)?;
     let mut containers = Vec::new();
-    for _ in 0..instances {
-        containers.push(start_container(ship, plan, &layer, &start, &env, private).await?);
+    for r in records {
+        let pid = start_container(ctx, job, &layer, &start, &env, private, &r).await?;
+        owner.send(Event::Started {
+            service: job.service.clone(),
+            container: r.id.clone(),
+            pid,
+        });
+        containers.push(ContainerRecord { pid, ..r });
     }
-    cancelled()?;
+    check(cancel)?;
 
     timer.next("health");
-    let timeout = plan.order.health_timeout.unwrap_or(health::DEFAULT_TIMEOUT);
-    let path = plan.order.healthcheck.clone().or(app.healthcheck.clone());
+    let timeout = order.health_timeout.unwrap_or(health::DEFAULT_TIMEOUT);
+    let path = order.healthcheck.clone().or(app.healthcheck.clone());
     for c in &containers {
         let pid = c.pid;
-        let cancel = plan.cancel.clone();
-        let alive = move || {
-            crate::layout::process_alive(pid) && !cancel.load(std::sync::atomic::Ordering::SeqCst)
-        };
+        let token = cancel.clone();
+        let alive = move || crate::layout::process_alive(pid) && !token.is_cancelled();
         let result = match private {
             Some(port) => health::wait_healthy(
                 SocketAddr::new(c.ip.into(), port),
@@ -271,22 +275,23 @@ async fn pipeline(
             .await
             .map(|_| ()),
             None if alive() => Ok(()),
-            None => Err(anyhow!("the container exited at once")),
+            None => Err(health::HealthError::ExitedAtOnce),
         };
-        if let Err(e) = result {
-            cancelled()?;
-            return Err(e.context(tail_output(c)));
+        if let Err(reason) = result {
+            check(cancel)?;
+            let c = c.clone();
+            let output = tokio::task::spawn_blocking(move || tail_output(&c)).await?;
+            return Err(DeployError::Unhealthy { reason, output });
         }
     }
-    cancelled()?;
-
-    timer.next("switch");
-    let version = Version {
-        key: plan.key.clone(),
-        app_commit: plan.app_commit.clone(),
-        order_revision: plan.order.revision.clone(),
-        publish: plan
-            .order
+    check(cancel)?;
+    timer.finish();
+    Ok(Version {
+        id: 0,
+        key: want.key.clone(),
+        app_commit: want.app_commit.clone(),
+        order_revision: order.revision.clone(),
+        publish: order
             .publish
             .iter()
             .map(|p| PublishRecord {
@@ -297,91 +302,43 @@ async fn pipeline(
             .collect(),
         containers,
         healthy_at_ms: now_ms(),
-        drain_timeout_ms: plan.order.drain.unwrap_or(DEFAULT_DRAIN).as_millis() as u64,
-    };
-    let old = {
-        let mut state = ship.state.lock().unwrap();
-        let svc = state.services.entry(plan.service.clone()).or_default();
-        let old = svc.current.replace(version);
-        if let Some(old) = &old {
-            svc.draining.push(old.clone());
-        }
-        svc.pending.clear();
-        ship.save(&state);
-        old
-    };
-    ship.sync_routes()
-        .await
-        .context("switching the proxy to the new version")?;
-    info!(service = %plan.service, version = %plan.key, "serving");
-
-    timer.finish();
-    Ok(old)
-}
-
-/// Waits for an old version's in-flight requests (or its drain timeout), then stops it; returns the drain time.
-async fn retire_version(ship: &Arc<Ship>, service: &str, old: Version) -> Duration {
-    let ids: Vec<String> = old.containers.iter().map(|c| c.id.clone()).collect();
-    let begun = Instant::now();
-    let deadline = begun + Duration::from_millis(old.drain_timeout_ms);
-    loop {
-        let busy: u64 = match ship.proxy.status().await {
-            Ok(st) => ids
-                .iter()
-                .map(|id| st.in_flight.get(id).copied().unwrap_or(0))
-                .sum(),
-            Err(_) => 0,
-        };
-        if busy == 0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            warn!(service, version = %old.key, busy, "drain timeout reached; stopping with requests in flight");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = begun.elapsed();
-    for c in &old.containers {
-        stop_container(ship, c).await;
-    }
-    let mut state = ship.state.lock().unwrap();
-    if let Some(svc) = state.services.get_mut(service) {
-        svc.draining
-            .retain(|v| v.key != old.key || v.containers != old.containers);
-    }
-    ship.save(&state);
-    drained
+        drain_timeout_ms: order.drain.unwrap_or(DEFAULT_DRAIN).as_millis() as u64,
+        draining_since_ms: None,
+    })
 }
 
 fn short(commit: &str) -> &str {
     &commit[..12.min(commit.len())]
 }
 
-fn no_start_error(plan: &Plan) -> anyhow::Error {
-    anyhow!(
-        "{} at {} has no start command: add a `Starphleet` file at its root with a line `start <command>` (or a Procfile with `web: <command>`)",
-        plan.order.autodeploy.url,
-        short(&plan.app_commit)
-    )
-}
-
 /// Reads the app's `Starphleet` file, or its Procfile's `web:` line.
-fn app_spec(ship: &Ship, mirror: &std::path::Path, plan: &Plan) -> Result<AppSpec> {
-    if let Some(bytes) = ship.git.read_file(mirror, &plan.app_commit, "Starphleet")? {
+async fn app_spec(ctx: &Ctx, mirror: &Path, job: &DeployJob) -> Result<AppSpec, DeployError> {
+    let url = job.version.order.autodeploy.url.clone();
+    let commit = job.version.app_commit.clone();
+    let fetch_error = |source| DeployError::Fetch {
+        url: url.clone(),
+        commit: short(&commit).into(),
+        source,
+    };
+    let read = |name: &'static str| {
+        let (git, mirror, commit) = (ctx.git.clone(), mirror.to_path_buf(), commit.clone());
+        tokio::task::spawn_blocking(move || git.read_file(&mirror, &commit, name))
+    };
+    if let Some(bytes) = read("Starphleet").await?.map_err(fetch_error)? {
         let text = String::from_utf8_lossy(&bytes);
-        let path = std::path::Path::new("Starphleet");
-        return starphleet_orders::parse_app(path, &text).map_err(|diags| {
-            let rendered: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-            anyhow!(
-                "{} at {}:\n{}",
-                plan.order.autodeploy.url,
-                short(&plan.app_commit),
-                rendered.join("\n")
-            )
+        return starphleet_orders::parse_app(Path::new("Starphleet"), &text).map_err(|diags| {
+            DeployError::AppSpec {
+                url: url.clone(),
+                commit: short(&commit).into(),
+                diagnostics: diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }
         });
     }
-    if let Some(bytes) = ship.git.read_file(mirror, &plan.app_commit, "Procfile")? {
+    if let Some(bytes) = read("Procfile").await?.map_err(fetch_error)? {
         if let Some(web) = starphleet_orders::parse_procfile(&String::from_utf8_lossy(&bytes)) {
             return Ok(AppSpec {
                 build: Vec::new(),
@@ -391,52 +348,68 @@ fn app_spec(ship: &Ship, mirror: &std::path::Path, plan: &Plan) -> Result<AppSpe
             });
         }
     }
-    Err(no_start_error(plan))
+    Err(DeployError::NoStart {
+        url,
+        commit: short(&commit).into(),
+    })
 }
 
 async fn build(
-    ship: &Arc<Ship>,
-    plan: &Plan,
-    mirror: &std::path::Path,
+    ctx: &Arc<Ctx>,
+    owner: &OwnerTx,
+    job: &DeployJob,
+    mirror: &Path,
     app: &AppSpec,
     env: &[(String, String)],
-) -> Result<Layer> {
-    let log_dir = ship.service_log_dir(&plan.service);
-    std::fs::create_dir_all(&log_dir)?;
-    let ship2 = ship.clone();
+) -> Result<Layer, DeployError> {
+    let log_dir = ctx.layout.service_logs(&job.service);
+    let log = log_dir.join("build.log");
+    std::fs::create_dir_all(&log_dir).map_err(|source| {
+        DeployError::Build(starphleet_build::BuildError::Io {
+            what: "creating the service's log folder",
+            path: log_dir.clone(),
+            cause: source,
+        })
+    })?;
+    let seq = owner
+        .ask(|reply| Event::BuildSeq { reply })
+        .await
+        .ok_or(DeployError::ShipStopping)?;
+    let _guard = ctx
+        .lock(&starphleet_build::layer_key(
+            &job.version.app_commit,
+            &app.build,
+        ))
+        .await;
+    ctx.telemetry.watch_build(
+        &job.service,
+        &log,
+        &version_label(&job.version.app_commit, &job.version.order.revision),
+    );
+    let ctx2 = ctx.clone();
     let (mirror, commit, service) = (
         mirror.to_path_buf(),
-        plan.app_commit.clone(),
-        plan.service.clone(),
+        job.version.app_commit.clone(),
+        job.service.clone(),
     );
     let build_lines = app.build.clone();
-    let fresh = plan.fresh_build;
+    let fresh = job.fresh_build;
     let env = with_defaults(env);
-    let seq = allocate_seq(ship);
-    let _guard = ship
-        .lock(&starphleet_build::layer_key(&plan.app_commit, &app.build))
-        .await;
-    ship.observer.watch_build(
-        &plan.service,
-        &log_dir.join("build.log"),
-        &version_label(&plan.app_commit, &plan.order.revision),
-    );
     let layer = tokio::task::spawn_blocking(move || {
-        let id = format!("sp-{}-{seq:x}-build", ship2.id);
-        let cgroup = format!("/starphleet-{}/{id}", ship2.id);
-        let export = |dest: &std::path::Path| -> std::io::Result<()> {
-            ship2
-                .git
+        let id = ctx2.names.build_container(seq);
+        let cgroup = ctx2.names.cgroup(&id);
+        let export = |dest: &Path| -> std::io::Result<()> {
+            ctx2.git
                 .export(&mirror, &commit, dest)
                 .map_err(std::io::Error::other)
         };
-        ship2.builder.build(&BuildRequest {
+        ctx2.builder.build(&BuildRequest {
             service: &service,
             commit: &commit,
             build_lines: &build_lines,
             env: &env,
             export: &export,
-            log: &log_dir.join("build.log"),
+            log: &log,
             container_id: &id,
             cgroups_path: &cgroup,
             fresh,
@@ -445,7 +418,7 @@ async fn build(
         })
     })
     .await??;
-    info!(service = %plan.service, layer = %layer.key, cached = layer.cached, "build ready");
+    info!(service = %job.service, layer = %layer.key, cached = layer.cached, "build ready");
     Ok(layer)
 }
 
@@ -460,74 +433,37 @@ fn with_defaults(env: &[(String, String)]) -> Vec<(String, String)> {
     crate::env::merge(&[&defaults, env])
 }
 
-fn allocate_seq(ship: &Ship) -> u32 {
-    let mut state = ship.state.lock().unwrap();
-    let seq = state.next_seq;
-    state.next_seq = state.next_seq.wrapping_add(1);
-    ship.save(&state);
-    seq
-}
-
-/// Starts one container of the version: address, netns, bundle, runtime.
+/// Starts one recorded container of the version: netns, bundle, runtime. Returns its init pid.
 async fn start_container(
-    ship: &Arc<Ship>,
-    plan: &Plan,
+    ctx: &Arc<Ctx>,
+    job: &DeployJob,
     layer: &Layer,
     start: &str,
     env: &[(String, String)],
     private: Option<u16>,
-) -> Result<ContainerRecord> {
-    let record = {
-        let mut state = ship.state.lock().unwrap();
-        let used: std::collections::HashSet<_> = state.all_containers().map(|c| c.ip).collect();
-        let start = state.last_host.max(1);
-        let host = (1..=253u16)
-            .map(|i| ((start as u16 + 251 + i) % 253 + 2) as u8)
-            .find(|&n| !used.contains(&ship.net.host(n)))
-            .ok_or_else(|| anyhow!("no free address left on the ship's bridge"))?;
-        state.last_host = host;
-        let ip = ship.net.host(host);
-        let seq = state.next_seq;
-        state.next_seq = state.next_seq.wrapping_add(1);
-        let id = format!("sp-{}-{seq:x}-{}", ship.id, safe_name(&plan.service));
-        let id: String = id.chars().take(64).collect();
-        let logs = ship.service_log_dir(&plan.service);
-        let record = ContainerRecord {
-            bundle: ship.layout.bundles().join(&id),
-            stdout: logs.join(format!("{id}.stdout.log")),
-            stderr: logs.join(format!("{id}.stderr.log")),
-            netns: format!("sp-{}-{seq:x}", ship.id),
-            host_if: format!("sp{}{:05x}", ship.id, seq & 0xfffff),
-            id,
-            ip,
-            pid: 0,
-            started_at_ms: now_ms(),
-        };
-        state
-            .services
-            .entry(plan.service.clone())
-            .or_default()
-            .pending
-            .push(record.clone());
-        ship.save(&state);
-        record
-    };
-    std::fs::create_dir_all(ship.service_log_dir(&plan.service))?;
+    record: &ContainerRecord,
+) -> Result<u32, DeployError> {
+    let logs = ctx.layout.service_logs(&job.service);
+    let _ = std::fs::create_dir_all(&logs);
+    let net = ctx.names.net();
     let netns = starphleet_runtime::net::create_container_netns(
         &record.netns,
         &record.host_if,
-        &ship.net.bridge,
+        &net.bridge,
         record.ip,
-        24,
-        ship.net.gateway(),
+        net.prefix_len(),
+        net.gateway(),
     )
     .await
-    .with_context(|| format!("creating network namespace {}", record.netns))?;
+    .map_err(|source| DeployError::Network {
+        netns: record.netns.clone(),
+        source,
+    })?;
     let mut env = with_defaults(env);
     if let Some(port) = private {
         env = crate::env::merge(&[&env, &[("PORT".to_string(), port.to_string())]]);
     }
-    let hostname = safe_name(&plan.service);
+    let hostname = crate::names::hostname(&job.service);
     let spec = ContainerSpec {
         id: record.id.clone(),
         bundle_dir: record.bundle.clone(),
@@ -546,42 +482,44 @@ async fn start_container(
         netns: Some(netns),
         hosts: vec![(record.ip.into(), hostname)],
         binds: vec![Bind {
-            source: ship.opts.self_exe.clone(),
+            source: ctx.opts.self_exe.clone(),
             destination: INIT_PATH.into(),
             readonly: true,
         }],
-        cgroups_path: format!("/starphleet-{}/{}", ship.id, record.id),
+        cgroups_path: ctx.names.cgroup(&record.id),
         stdout: record.stdout.clone(),
         stderr: record.stderr.clone(),
         readonly_app: false,
-        limits: Default::default(),
+        ..ContainerSpec::default()
     };
-    let runtime = ship.runtime.clone();
+    let runtime = ctx.runtime.clone();
     let pid = tokio::task::spawn_blocking(move || runtime.start(&spec))
         .await?
-        .with_context(|| format!("starting container {}", record.id))?;
-    let mut state = ship.state.lock().unwrap();
-    let svc = state.services.entry(plan.service.clone()).or_default();
-    let mut started = record.clone();
-    started.pid = pid;
-    for c in svc.pending.iter_mut().filter(|c| c.id == record.id) {
-        c.pid = pid;
-    }
-    ship.save(&state);
-    info!(service = %plan.service, container = %started.id, ip = %started.ip, pid, "container started");
-    ship.observer.watch_container(
-        &plan.service,
-        &version_label(&plan.app_commit, &plan.order.revision),
+        .map_err(|source| DeployError::Start {
+            container: record.id.clone(),
+            source,
+        })?;
+    info!(service = %job.service, container = %record.id, ip = %record.ip, pid, "container started");
+    let started = ContainerRecord {
+        pid,
+        ..record.clone()
+    };
+    ctx.telemetry.watch_container(
+        &job.service,
+        &version_label(&job.version.app_commit, &job.version.order.revision),
         &started,
     );
-    Ok(started)
+    Ok(pid)
 }
+
+/// Lines of a failed container's output kept in reports.
+const TAIL_LINES: usize = 20;
 
 /// The last lines a container printed, for error reports.
 pub(crate) fn tail_output(c: &ContainerRecord) -> String {
     let mut out = String::new();
     for (name, path) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = read_tail(path);
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
         if !tail.is_empty() {
@@ -600,168 +538,26 @@ pub(crate) fn tail_output(c: &ContainerRecord) -> String {
     }
 }
 
-/// Stops and removes a container and its network namespace; failures are logged.
-pub(crate) async fn stop_container(ship: &Ship, c: &ContainerRecord) {
-    let runtime = ship.runtime.clone();
-    let (id, bundle) = (c.id.clone(), c.bundle.clone());
-    match tokio::task::spawn_blocking(move || runtime.stop(&id, &bundle, STOP_GRACE)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(container = %c.id, "stopping container: {e:#}"),
-        Err(e) => warn!(container = %c.id, "stopping container: {e}"),
-    }
-    if let Err(e) = starphleet_runtime::net::delete_netns(&c.netns) {
-        warn!(netns = %c.netns, "removing network namespace: {e:#}");
-    }
-    // The kernel removes the veth with its namespace, but asynchronously: remove it now.
-    if let Err(e) = starphleet_runtime::net::delete_link(&c.host_if).await {
-        warn!(link = %c.host_if, "removing veth: {e:#}");
-    }
-    ship.observer.unwatch_container(c);
-    info!(container = %c.id, "container stopped");
-}
-
-/// Takes a service that left HQ out of the proxy, drains and stops it, and forgets it.
-pub(crate) async fn retire(ship: Arc<Ship>, service: String) {
-    info!(service = %service, "order removed from headquarters; draining and stopping");
-    let (current, draining, pending) = {
-        let mut state = ship.state.lock().unwrap();
-        let svc = state.services.entry(service.clone()).or_default();
-        let current = svc.current.take();
-        if let Some(c) = &current {
-            svc.draining.push(c.clone());
-        }
-        let out = (
-            current,
-            svc.draining.clone(),
-            std::mem::take(&mut svc.pending),
-        );
-        ship.save(&state);
-        out
+/// At most the last 64 KiB of a file: enough for the last lines, whatever the file's size.
+fn read_tail(path: &PathBuf) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
     };
-    if let Err(e) = ship.sync_routes().await {
-        warn!("cannot program the proxy: {e:#}");
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX && f.seek(SeekFrom::Start(len - MAX)).is_err() {
+        return String::new();
     }
-    for c in &pending {
-        stop_container(&ship, c).await;
-    }
-    if current.is_some() || !draining.is_empty() {
-        for v in draining {
-            retire_version(&ship, &service, v).await;
-        }
-    }
-    {
-        let mut state = ship.state.lock().unwrap();
-        state.services.remove(&service);
-        ship.save(&state);
-    }
-    ship.live.lock().unwrap().deploying.remove(&service);
-}
-
-/// On start: keep running containers, clean up what an interrupted ship left half done.
-pub(crate) async fn adopt(ship: &Arc<Ship>) {
-    let (known, leftovers) = {
-        let mut state = ship.state.lock().unwrap();
-        let mut leftovers: Vec<(String, ContainerRecord)> = Vec::new();
-        for (name, svc) in state.services.iter_mut() {
-            leftovers.extend(svc.pending.drain(..).map(|c| (name.clone(), c)));
-            for v in svc.draining.drain(..) {
-                leftovers.extend(v.containers.into_iter().map(|c| (name.clone(), c)));
-            }
-            // Resume collecting the output of what keeps running, where it stopped.
-            if let Some(v) = &svc.current {
-                let label = version_label(&v.app_commit, &v.order_revision);
-                for c in &v.containers {
-                    ship.observer.watch_container(name, &label, c);
-                }
-            }
-        }
-        ship.save(&state);
-        let known: std::collections::HashSet<String> =
-            state.all_containers().map(|c| c.id.clone()).collect();
-        (known, leftovers)
-    };
-    for (service, c) in &leftovers {
-        info!(container = %c.id, "removing container of an interrupted deploy or drain");
-        ship.observer.watch_container(service, "", c);
-        stop_container(ship, c).await;
-    }
-    // Containers the runtime has but the state does not (e.g. a crash between start and save).
-    let runtime = ship.runtime.clone();
-    if let Ok(Ok(list)) = tokio::task::spawn_blocking(move || runtime.list()).await {
-        for orphan in list.into_iter().filter(|c| !known.contains(&c.id)) {
-            info!(container = %orphan.id, "removing orphan container");
-            let runtime = ship.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                runtime.stop(&orphan.id, &orphan.bundle, STOP_GRACE)
-            })
-            .await;
-        }
-    }
-    let mut adopted = 0;
-    let state = ship.state.lock().unwrap();
-    for c in state.all_containers() {
-        if c.pid != 0 && crate::layout::process_alive(c.pid) {
-            adopted += 1;
-        }
-    }
-    if adopted > 0 {
-        info!(containers = adopted, "adopted running containers");
-    }
-}
-
-/// Notices containers of current versions that died and schedules their service for a restart.
-pub(crate) async fn supervise(ship: &Arc<Ship>) {
-    let mut dead = Vec::new();
-    {
-        let mut state = ship.state.lock().unwrap();
-        let deploying: std::collections::HashSet<String> = ship
-            .live
-            .lock()
-            .unwrap()
-            .deploying
-            .keys()
-            .cloned()
-            .collect();
-        for (service, svc) in state.services.iter_mut() {
-            if deploying.contains(service) {
-                continue;
-            }
-            let Some(v) = svc.current.as_mut() else {
-                continue;
-            };
-            let (alive, gone): (Vec<_>, Vec<_>) = v
-                .containers
-                .drain(..)
-                .partition(|c| c.pid != 0 && crate::layout::process_alive(c.pid));
-            v.containers = alive;
-            if !gone.is_empty() {
-                svc.restarts += 1;
-                let delay = restart_delay(svc.restarts);
-                svc.restart_at_ms = now_ms() + delay.as_millis() as u64;
-                for c in gone {
-                    let msg = format!(
-                        "container {} of {service} exited; restart #{} in {delay:?}; {}",
-                        c.id,
-                        svc.restarts,
-                        tail_output(&c)
-                    );
-                    error!("{msg}");
-                    let label = version_label(&v.app_commit, &v.order_revision);
-                    ship.observer.event(service, &label, Kind::Ship, &msg);
-                    svc.last_error = Some(msg);
-                    dead.push(c);
-                }
-            } else if svc.restarts > 0
-                && now_ms().saturating_sub(v.healthy_at_ms) > STEADY.as_millis() as u64
-            {
-                svc.restarts = 0;
-            }
-        }
-        if !dead.is_empty() {
-            ship.save(&state);
-        }
-    }
-    for c in dead {
-        stop_container(ship, &c).await;
+    let mut buf = Vec::new();
+    let _ = f.take(MAX).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    if len > MAX {
+        // The first line is probably cut.
+        text.split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+    } else {
+        text
     }
 }

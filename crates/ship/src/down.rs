@@ -3,12 +3,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use starphleet_proxy::ProxyClient;
 use starphleet_runtime::Runtime;
 
 use crate::layout::{live_pid, process_alive, Layout};
-use crate::ship::NetPlan;
+use crate::names::Names;
 use crate::state::ShipState;
 
 /// What `down` did.
@@ -28,6 +27,14 @@ pub struct DownReport {
     pub problems: Vec<String>,
 }
 
+/// Why `down` could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DownError {
+    /// The state file could not be rewritten to say nothing runs.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
 fn stop_process(pid: u32, grace: Duration) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -45,13 +52,13 @@ fn stop_process(pid: u32, grace: Duration) {
 }
 
 /// Tears the ship in `state_dir` down. `runtime` is the OCI runtime binary it used.
-pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport> {
+pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport, DownError> {
     let layout = Layout::new(state_dir);
     let mut report = DownReport::default();
     let Ok(id) = std::fs::read_to_string(layout.ship_id_file()) else {
         return Ok(report);
     };
-    let id = id.trim().to_string();
+    let names = Names::new(id.trim());
 
     if let Some(pid) = live_pid(&layout.ship_pid_file()) {
         stop_process(pid, Duration::from_secs(10));
@@ -68,58 +75,62 @@ pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport> {
         report.stopped_proxy = true;
     }
 
-    let rt = Runtime::new(runtime, Layout::runtime_root(&id));
+    let rt = Runtime::new(runtime, Layout::runtime_root(names.ship_id()));
     match rt.list() {
         Ok(list) => {
             for c in list {
                 match rt.stop(&c.id, &c.bundle, Duration::from_secs(5)) {
                     Ok(()) => report.containers += 1,
-                    Err(e) => report.problems.push(format!("container {}: {e:#}", c.id)),
+                    Err(e) => report.problems.push(format!("container {}: {e}", c.id)),
                 }
             }
         }
-        Err(e) => report.problems.push(format!("listing containers: {e:#}")),
+        Err(e) => report.problems.push(format!("listing containers: {e}")),
     }
-    match starphleet_runtime::net::list_netns(&format!("sp-{id}-")) {
-        Ok(names) => {
-            for ns in names {
+    match starphleet_runtime::net::list_netns(&names.netns_prefix()) {
+        Ok(found) => {
+            for ns in found {
                 match starphleet_runtime::net::delete_netns(&ns) {
                     Ok(()) => report.netns += 1,
-                    Err(e) => report.problems.push(format!("netns {ns}: {e:#}")),
+                    Err(e) => report.problems.push(format!("netns {ns}: {e}")),
                 }
             }
         }
-        Err(e) => report.problems.push(format!("listing netns: {e:#}")),
+        Err(e) => report.problems.push(format!("listing netns: {e}")),
     }
-    match starphleet_runtime::net::list_links(&format!("sp{id}")).await {
-        Ok(names) => {
-            for name in names {
+    match starphleet_runtime::net::list_links(&names.veth_prefix()).await {
+        Ok(found) => {
+            for name in found {
                 if let Err(e) = starphleet_runtime::net::delete_link(&name).await {
-                    report.problems.push(format!("veth {name}: {e:#}"));
+                    report.problems.push(format!("veth {name}: {e}"));
                 }
             }
         }
-        Err(e) => report.problems.push(format!("listing veths: {e:#}")),
+        Err(e) => report.problems.push(format!("listing veths: {e}")),
     }
-    if let Err(e) = starphleet_runtime::net::delete_link(&NetPlan::for_ship(&id).bridge).await {
-        report.problems.push(format!("bridge: {e:#}"));
+    if let Err(e) = starphleet_runtime::net::delete_link(&names.net().bridge).await {
+        report.problems.push(format!("bridge: {e}"));
     }
-    let runtime_dir = Layout::runtime_root(&id);
-    for dir in [layout.root(), runtime_dir.parent().unwrap_or(&runtime_dir)] {
+    let runtime_dir = Layout::runtime_root(names.ship_id());
+    let run_dir = runtime_dir.parent().unwrap_or(&runtime_dir).to_path_buf();
+    for dir in [layout.root(), run_dir.as_path()] {
         match starphleet_runtime::unmount_under(dir) {
             Ok(n) => report.mounts += n,
             Err(e) => report
                 .problems
-                .push(format!("unmounting under {}: {e:#}", dir.display())),
+                .push(format!("unmounting under {}: {e}", dir.display())),
         }
     }
-    let _ = std::fs::remove_dir_all(runtime_dir.parent().unwrap_or(&runtime_dir));
-    remove_cgroups(&id);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    if let Err(e) = starphleet_runtime::cgroups::remove_tree(&names.cgroup_parent()) {
+        report.problems.push(format!("cgroups: {e}"));
+    }
 
     // Keep what ran and its history, but nothing runs any more.
     if let Ok(mut state) = ShipState::load(&layout.state_file()) {
         for svc in state.services.values_mut() {
             svc.current = None;
+            svc.switching = None;
             svc.draining.clear();
             svc.pending.clear();
         }
@@ -135,25 +146,4 @@ pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport> {
         let _ = std::fs::remove_file(f);
     }
     Ok(report)
-}
-
-/// Removes the ship's parent cgroups (runc removes each container's own on delete).
-fn remove_cgroups(id: &str) {
-    let name = format!("starphleet-{id}");
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for ctl in controllers.flatten() {
-        for dir in [
-            ctl.path().join(&name),
-            std::path::PathBuf::from("/sys/fs/cgroup").join(&name),
-        ] {
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
-                }
-                let _ = std::fs::remove_dir(&dir);
-            }
-        }
-    }
 }

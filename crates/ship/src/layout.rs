@@ -52,9 +52,9 @@ impl Layout {
     pub fn access_logs(&self) -> PathBuf {
         self.logs().join("access")
     }
-    /// Logs of one service.
+    /// Logs of one service (its container output and build log).
     pub fn service_logs(&self, service: &str) -> PathBuf {
-        self.logs().join(service)
+        self.logs().join(crate::names::safe_name(service))
     }
     /// The ship's own env folder: every file holds `KEY=VALUE` lines for every service.
     pub fn env_dir(&self) -> PathBuf {

@@ -5,6 +5,11 @@ use starphleet_telemetry::{now_ns, parse_time, Kind, Query};
 /// How many records a query returns unless it names a limit.
 pub const DEFAULT_LIMIT: usize = 1000;
 
+/// A query parameter that is not understood; the message names it and says how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(String);
+
 /// Builds a store query from the textual parameters; errors say which one is wrong and how.
 pub fn parse_query(
     service: Option<&str>,
@@ -13,25 +18,30 @@ pub fn parse_query(
     grep: Option<&str>,
     kind: Option<&str>,
     limit: Option<&str>,
-) -> Result<Query, String> {
+) -> Result<Query, QueryError> {
     let now = now_ns();
-    let time = |name: &str, v: Option<&str>| -> Result<Option<u64>, String> {
+    let time = |name: &str, v: Option<&str>| -> Result<Option<u64>, QueryError> {
         v.filter(|t| !t.is_empty())
             .map(|t| {
                 parse_time(t, now).map_err(|e| {
-                    format!("--{name} {t}: {e:#} (use e.g. 10m, 2h, or 2026-11-27T08:00:00Z)")
+                    QueryError(format!(
+                        "--{name} {t}: {e} (use e.g. 10m, 2h, or 2026-11-27T08:00:00Z)"
+                    ))
                 })
             })
             .transpose()
     };
     let kind = kind
         .filter(|k| !k.is_empty())
-        .map(|k| k.parse::<Kind>().map_err(|e| format!("--kind {k}: {e:#}")))
+        .map(|k| {
+            k.parse::<Kind>()
+                .map_err(|e| QueryError(format!("--kind {k}: {e}")))
+        })
         .transpose()?;
     let limit = match limit.filter(|l| !l.is_empty()) {
         Some(l) => Some(
             l.parse::<usize>()
-                .map_err(|_| format!("--limit {l}: not a number of lines"))?,
+                .map_err(|_| QueryError(format!("--limit {l}: not a number of lines")))?,
         ),
         None => Some(DEFAULT_LIMIT),
     };
@@ -64,11 +74,17 @@ mod tests {
         assert!(q.since_ns.unwrap() < now_ns());
         assert_eq!(q.kind, Some(Kind::Access));
         assert_eq!(q.limit, Some(DEFAULT_LIMIT));
-        let err = parse_query(None, Some("yesterday-ish"), None, None, None, None).unwrap_err();
+        let err = parse_query(None, Some("yesterday-ish"), None, None, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--since yesterday-ish"), "{err}");
-        let err = parse_query(None, None, None, None, Some("apps"), None).unwrap_err();
+        let err = parse_query(None, None, None, None, Some("apps"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--kind apps"), "{err}");
-        let err = parse_query(None, None, None, None, None, Some("many")).unwrap_err();
+        let err = parse_query(None, None, None, None, None, Some("many"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--limit many"), "{err}");
     }
 }

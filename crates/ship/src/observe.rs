@@ -1,146 +1,210 @@
-//! What the ship records: every container's output, builds, health failures and its own
-//! deploy events, in the log store; per-container samples for status and `/metrics`.
+//! The followers: every poll interval they ask headquarters and each app repository where its
+//! ref points (one `git ls-remote` each, concurrently and bounded), load HQ when it moved, and
+//! read the ship's env folder; each answer goes to the owner as it comes, so a remote that
+//! hangs delays only the services that depend on it. A remote that keeps failing is asked less
+//! often (back-off), never hammered.
 
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use starphleet_telemetry::{
-    Collector, CollectorThread, Kind, Limits, LogStore, Record, RecordMeta,
-};
-use tracing::warn;
+use starphleet_orders::{GitSource, Headquarters};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::layout::Layout;
-use crate::state::ContainerRecord;
+use crate::context::Ctx;
+use crate::owner::{Event, OwnerTx, View};
 
-/// How often idle sources are polled: a printed line shows up in `logs -f` within this.
-const COLLECT_EVERY: Duration = Duration::from_millis(50);
+/// How often HQ and app refs are polled unless configured.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How many remotes are asked at once.
+const CONCURRENT_REMOTES: usize = 8;
+/// The longest wait before asking a failing remote again.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The log store and the collector feeding it.
-pub(crate) struct Observer {
-    pub store: LogStore,
-    collector: Arc<Collector>,
-    _thread: CollectorThread,
-    ship: String,
-    access_dir: PathBuf,
+/// What one follower job found.
+enum Found {
+    Hq(Result<Option<(String, Box<Headquarters>)>, String>),
+    App(GitSource, Result<String, String>),
 }
 
-/// The version label of records and metrics: app commit + order revision.
-pub fn version_label(app_commit: &str, order_revision: &str) -> String {
-    format!(
-        "{}+{}",
-        &app_commit[..12.min(app_commit.len())],
-        &order_revision[..8.min(order_revision.len())]
-    )
+/// The ship's env folder as last read: its pairs and its diagnostics.
+type ShipEnv = (Vec<(String, String)>, Vec<String>);
+
+/// A repository that failed: how often in a row, and when to ask again.
+struct Failing {
+    count: u32,
+    retry_at: Instant,
 }
 
-impl Observer {
-    /// Opens the store in the state dir and starts collecting.
-    pub fn open(layout: &Layout, ship: &str) -> Result<Self> {
-        let store = LogStore::open(&layout.log_store(), Limits::default())?;
-        let collector = Arc::new(Collector::new(store.clone()));
-        let thread = collector.spawn(COLLECT_EVERY)?;
-        Ok(Observer {
-            store,
-            collector,
-            _thread: thread,
-            ship: ship.to_string(),
-            access_dir: layout.access_logs(),
-        })
-    }
-
-    fn meta(
-        &self,
-        service: &str,
-        version: &str,
-        container: &str,
-        kind: Kind,
-        stream: &str,
-    ) -> RecordMeta {
-        RecordMeta {
-            ship: self.ship.clone(),
-            service: service.to_string(),
-            version: version.to_string(),
-            container: container.to_string(),
-            kind,
-            stream: stream.to_string(),
-        }
-    }
-
-    /// Records something the ship did or saw (deploy steps, health failures, crashes).
-    pub fn event(&self, service: &str, version: &str, kind: Kind, text: &str) {
-        let stream = if kind == Kind::Health {
-            "health"
-        } else {
-            "event"
-        };
-        let meta = self.meta(service, version, "", kind, stream);
-        let records: Vec<Record> = text.lines().map(|l| Record::now(&meta, l)).collect();
-        if let Err(e) = self.store.append(&records) {
-            warn!("cannot store ship event: {e:#}");
-        }
-    }
-
-    /// The proxy's access log of a container.
-    fn access_log(&self, c: &ContainerRecord) -> PathBuf {
-        self.access_dir.join(format!("{}.log", c.id))
-    }
-
-    /// Starts collecting a container's stdout, stderr and access log (again, after a restart:
-    /// no line lost or doubled).
-    pub fn watch_container(&self, service: &str, version: &str, c: &ContainerRecord) {
-        let access = self.access_log(c);
-        let _ = std::fs::create_dir_all(&self.access_dir);
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&access);
-        let sources = self.collector.sources();
-        for (path, kind, stream) in [
-            (&c.stdout, Kind::App, "stdout"),
-            (&c.stderr, Kind::App, "stderr"),
-            (&access, Kind::Access, "access"),
-        ] {
-            if sources.iter().any(|s| s == path) {
+/// Follows HQ and the app repositories until `stop`; `wake` asks for a pass now.
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    owner: OwnerTx,
+    view: watch::Receiver<View>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(CONCURRENT_REMOTES));
+    let mut jobs: JoinSet<Found> = JoinSet::new();
+    let mut hq_running = false;
+    let mut hq_loaded: Option<String> = None;
+    let mut apps_running: HashSet<GitSource> = HashSet::new();
+    let mut failing: HashMap<GitSource, Failing> = HashMap::new();
+    let mut env_seen: Option<ShipEnv> = None;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = wake.notified() => {}
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                let Ok(found) = done else { continue };
+                match found {
+                    Found::Hq(result) => {
+                        hq_running = false;
+                        match result {
+                            Ok(Some((commit, hq))) => {
+                                hq_loaded = Some(commit.clone());
+                                owner.send(Event::HqLoaded { commit, hq });
+                                // New orders may name new repositories: ask them at once.
+                                next = Instant::now();
+                            }
+                            Ok(None) => owner.send(Event::HqUnchanged),
+                            Err(e) => owner.send(Event::HqFailed(e)),
+                        }
+                    }
+                    Found::App(source, result) => {
+                        apps_running.remove(&source);
+                        match &result {
+                            Ok(_) => {
+                                failing.remove(&source);
+                            }
+                            Err(_) => {
+                                let f = failing.entry(source.clone()).or_insert(Failing {
+                                    count: 0,
+                                    retry_at: Instant::now(),
+                                });
+                                f.count += 1;
+                                let wait = poll_interval(&ctx, &view)
+                                    .saturating_mul(1 << (f.count - 1).min(6))
+                                    .min(MAX_BACKOFF.max(poll_interval(&ctx, &view)));
+                                f.retry_at = Instant::now() + wait;
+                            }
+                        }
+                        owner.send(Event::AppRef { source, result });
+                    }
+                }
                 continue;
             }
-            let meta = self.meta(service, version, &c.id, kind, stream);
-            if let Err(e) = self.collector.add(path.clone(), meta) {
-                warn!(file = %path.display(), "cannot collect container output: {e:#}");
-            }
+            () = stop.cancelled() => return,
         }
-    }
+        next = Instant::now() + poll_interval(&ctx, &view);
 
-    /// Collects the rest of a stopped container's output, then removes its files.
-    pub fn unwatch_container(&self, c: &ContainerRecord) {
-        for path in [&c.stdout, &c.stderr, &self.access_log(c)] {
-            match self.collector.remove(path) {
-                Ok(_) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                Err(e) => warn!(file = %path.display(), "cannot finish collecting: {e:#}"),
-            }
+        if !hq_running {
+            hq_running = true;
+            let (ctx, known) = (ctx.clone(), hq_loaded.clone());
+            jobs.spawn(async move { Found::Hq(follow_hq(ctx, known).await) });
         }
-    }
 
-    /// Collects a service's build log, stamping what follows with `version`.
-    pub fn watch_build(&self, service: &str, log: &Path, version: &str) {
-        if !log.exists() {
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log);
-        }
-        match self.collector.set_version(log, version) {
-            Ok(true) => {}
-            Ok(false) => {
-                let meta = self.meta(service, version, "", Kind::Build, "build");
-                if let Err(e) = self.collector.add(log.to_path_buf(), meta) {
-                    warn!(file = %log.display(), "cannot collect build output: {e:#}");
-                }
+        let env_dir = ctx.layout.env_dir();
+        if let Ok((env, diags)) =
+            tokio::task::spawn_blocking(move || crate::env::read_env_dir(&env_dir)).await
+        {
+            let errors: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            let now = (env, errors);
+            if env_seen.as_ref() != Some(&now) {
+                owner.send(Event::ShipEnv {
+                    env: now.0.clone(),
+                    errors: now.1.clone(),
+                });
+                env_seen = Some(now);
             }
-            Err(e) => warn!(file = %log.display(), "cannot collect build output: {e:#}"),
+        }
+
+        let now = Instant::now();
+        for source in sources(&view) {
+            if apps_running.contains(&source)
+                || failing.get(&source).is_some_and(|f| f.retry_at > now)
+            {
+                continue;
+            }
+            apps_running.insert(source.clone());
+            let (git, permits) = (ctx.git.clone(), permits.clone());
+            jobs.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let s = source.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    git.resolve(&s.url, s.reference.as_deref())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+                Found::App(source, result)
+            });
         }
     }
+}
+
+/// The poll interval in force: the command line, else HQ's `STARPHLEET_POLL_INTERVAL`, else 2 s.
+pub(crate) fn poll_interval(ctx: &Ctx, view: &watch::Receiver<View>) -> Duration {
+    if let Some(d) = ctx.opts.poll_interval {
+        return d;
+    }
+    let view = view.borrow();
+    view.snapshot
+        .hq
+        .as_ref()
+        .and_then(|hq| {
+            hq.settings
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "STARPHLEET_POLL_INTERVAL")
+        })
+        .and_then(|(_, v)| starphleet_orders::parse_duration(v))
+        .unwrap_or(DEFAULT_POLL_INTERVAL)
+}
+
+/// The app sources HQ orders, once each.
+fn sources(view: &watch::Receiver<View>) -> Vec<GitSource> {
+    let view = view.borrow();
+    let mut out: Vec<GitSource> = view
+        .snapshot
+        .hq
+        .iter()
+        .flat_map(|hq| hq.orders.iter().map(|o| o.autodeploy.clone()))
+        .collect();
+    out.sort_by(|a, b| (&a.url, &a.reference).cmp(&(&b.url, &b.reference)));
+    out.dedup();
+    out
+}
+
+/// Resolves HQ's ref; when it moved from `known`, checks it out and loads it. A checkout that
+/// fails is tried again at the next poll (nothing remembers a half-fetched commit as loaded).
+async fn follow_hq(
+    ctx: Arc<Ctx>,
+    known: Option<String>,
+) -> Result<Option<(String, Box<Headquarters>)>, String> {
+    let source = crate::ship::split_source(&ctx.opts.headquarters);
+    let git = ctx.git.clone();
+    let dir = ctx.layout.hq();
+    let reserved = ctx.reserved_ports();
+    tokio::task::spawn_blocking(move || {
+        let commit = git
+            .resolve(&source.url, source.reference.as_deref())
+            .map_err(|e| e.to_string())?;
+        if known.as_deref() == Some(commit.as_str()) {
+            return Ok(None);
+        }
+        git.checkout(&source.url, &dir, &commit)
+            .map_err(|e| e.to_string())?;
+        let opts = starphleet_orders::HqOptions {
+            reserved_ports: reserved,
+        };
+        let hq = starphleet_orders::load_headquarters_with(&dir, &opts);
+        Ok(Some((commit, Box::new(hq))))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }

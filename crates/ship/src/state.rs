@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Everything the ship must remember across restarts.
@@ -17,6 +16,9 @@ pub struct ShipState {
     /// Last host number handed out on the bridge; addresses go round so a freed one is reused last.
     #[serde(default)]
     pub last_host: u8,
+    /// Next version id.
+    #[serde(default)]
+    pub next_version: u64,
 }
 
 /// One service's versions.
@@ -24,6 +26,10 @@ pub struct ShipState {
 pub struct ServiceState {
     /// The version receiving traffic.
     pub current: Option<Version>,
+    /// A healthy new version waiting for the proxy to route to it; it becomes `current` once
+    /// the proxy has the table that sends traffic to it.
+    #[serde(default)]
+    pub switching: Option<Version>,
     /// Versions switched away from, finishing their in-flight requests.
     pub draining: Vec<Version>,
     /// Containers of a deploy in progress (cleaned up if the ship dies mid-deploy).
@@ -59,6 +65,9 @@ pub struct PublishRecord {
 /// One running version of a service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Version {
+    /// Unique among the ship's versions (a deploy and a restart of one key are two versions).
+    #[serde(default)]
+    pub id: u64,
     /// Identity of the version: hash of app commit, order revision and env.
     pub key: String,
     /// The app commit it runs.
@@ -73,6 +82,18 @@ pub struct Version {
     pub healthy_at_ms: u64,
     /// How long its in-flight requests may take to finish after a switch.
     pub drain_timeout_ms: u64,
+    /// Unix ms when traffic was switched away from it (it drains until this + drain timeout).
+    #[serde(default)]
+    pub draining_since_ms: Option<u64>,
+}
+
+impl Version {
+    /// Unix ms by which its drain ends, in-flight requests or not.
+    pub fn drain_deadline_ms(&self) -> u64 {
+        self.draining_since_ms
+            .unwrap_or(0)
+            .saturating_add(self.drain_timeout_ms)
+    }
 }
 
 /// One container.
@@ -96,6 +117,9 @@ pub struct ContainerRecord {
     pub stdout: PathBuf,
     /// Its stderr log file.
     pub stderr: PathBuf,
+    /// The deploy that started it (0 in state files of older ships).
+    #[serde(default)]
+    pub deploy: u64,
 }
 
 /// The timeline of one deploy.
@@ -105,6 +129,9 @@ pub struct DeployRecord {
     pub key: String,
     /// App commit.
     pub app_commit: String,
+    /// The version label of its records and metrics (app commit + order revision).
+    #[serde(default)]
+    pub version_label: String,
     /// Unix ms when it began.
     pub started_at_ms: u64,
     /// Steps and their durations in ms, in order.
@@ -118,19 +145,59 @@ pub const DEPLOY_HISTORY: usize = 10;
 
 impl ShipState {
     /// Loads the state file; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not valid ship state", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let mut state: ShipState = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        state.number_versions();
+        Ok(state)
+    }
+
+    /// Gives versions from state files of older ships (which had no ids) ids of their own.
+    fn number_versions(&mut self) {
+        let mut next = self.next_version.max(1);
+        for svc in self.services.values_mut() {
+            let versions = svc
+                .current
+                .iter_mut()
+                .chain(svc.switching.iter_mut())
+                .chain(svc.draining.iter_mut());
+            for v in versions {
+                if v.id == 0 {
+                    v.id = next;
+                    next += 1;
+                } else {
+                    next = next.max(v.id + 1);
+                }
+            }
         }
+        self.next_version = next;
+    }
+
+    /// A new version id.
+    pub fn new_version_id(&mut self) -> u64 {
+        let id = self.next_version.max(1);
+        self.next_version = id + 1;
+        id
     }
 
     /// Writes the state atomically (temp file, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self)?;
-        write_atomic(path, &bytes)
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("ship state serializes");
+        write_atomic(path, &bytes).map_err(|source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Every container the state knows, in any phase.
@@ -138,6 +205,7 @@ impl ShipState {
         self.services.values().flat_map(|s| {
             s.current
                 .iter()
+                .chain(s.switching.iter())
                 .chain(s.draining.iter())
                 .flat_map(|v| v.containers.iter())
                 .chain(s.pending.iter())
@@ -145,16 +213,49 @@ impl ShipState {
     }
 }
 
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file exists but could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not ship state (hand-edited, or from an incompatible version).
+    #[error("{} is not valid ship state ({source}); move it away to start from an empty state", path.display())]
+    Invalid {
+        /// The state file.
+        path: PathBuf,
+        /// What the parser said.
+        source: serde_json::Error,
+    },
+    /// The file could not be replaced; the previous content is still in place.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Writes `bytes` to `path` so that readers see the old or the new content, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Milliseconds since the Unix epoch.

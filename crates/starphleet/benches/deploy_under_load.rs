@@ -135,6 +135,27 @@ fn median(v: &mut [u128]) -> u128 {
     v[v.len() / 2]
 }
 
+/// The median time of each deploy step over the deploys the ship remembers.
+fn step_medians(ship: &TestShip) -> String {
+    let st = ship.status_json();
+    let mut steps: Vec<(String, Vec<u128>)> = Vec::new();
+    for d in st["services"][0]["deploys"].as_array().unwrap() {
+        for s in d["steps"].as_array().unwrap() {
+            let name = s[0].as_str().unwrap().to_string();
+            let ms = s[1].as_u64().unwrap() as u128;
+            match steps.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => steps.push((name, vec![ms])),
+            }
+        }
+    }
+    steps
+        .into_iter()
+        .map(|(n, mut v)| format!("{n} {}", median(&mut v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn main() {
     let deploys: usize = std::env::args()
         .skip(1)
@@ -188,6 +209,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
+    let steps = step_medians(&ship);
     for c in clients {
         c.join().unwrap();
     }
@@ -243,6 +265,7 @@ fn main() {
         "  push → serving (ms):     median {} max {max}",
         median(&mut latencies.clone())
     );
+    println!("  deploy steps, median (ms): {steps}");
     println!(
         "  one poll of an unchanged repository (git ls-remote file://): median {} µs",
         median(&mut polls)

@@ -277,8 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Parsed here too, so a typo is reported even when the ship is down.
             let [service, since, until, grep, kind, limit] = params.map(|(_, v)| v);
             let query =
-                starphleet_ship::logs::parse_query(service, since, until, grep, kind, limit)
-                    .map_err(anyhow::Error::msg)?;
+                starphleet_ship::logs::parse_query(service, since, until, grep, kind, limit)?;
             logs(&state_dir, &params, &query, follow, json)
         }
         Command::Redeploy { service, state_dir } => {

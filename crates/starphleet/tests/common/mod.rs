@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Root-tier tests call this first: run without root they fail saying why, never pass.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, runc, mounts): run it with scripts/test as root"
+    );
+}
+
 /// A unique short name for this test process.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -40,6 +50,7 @@ pub struct TestNet {
 
 impl TestNet {
     pub fn new() -> Self {
+        require_root();
         let name = unique("spt");
         sh(Command::new("ip").args(["netns", "add", &name]));
         let net = TestNet { name };

@@ -1,0 +1,406 @@
+//! The admin endpoint: the dashboard, `GET /status` (JSON), `/metrics`, `/logs`, and
+//! `POST /redeploy/SERVICE`, on a socket in the state dir and on loopback TCP. It reads the
+//! owner's snapshots and asks the owner for changes; it holds no state of its own.
+
+pub mod client;
+pub mod status;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::context::Ctx;
+use crate::layout::process_alive;
+use crate::owner::{Event, OwnerTx, View};
+use crate::state::now_ms;
+
+pub use client::{get, request, stream_lines, ClientError};
+pub use status::{
+    ContainerStatus, ForwarderStatus, LogSummary, RouteStatus, ServiceStatus, Status,
+};
+
+/// What the admin endpoint works with.
+pub(crate) struct Admin {
+    /// The ship's context.
+    pub ctx: Arc<Ctx>,
+    /// The owner's snapshots.
+    pub view: watch::Receiver<View>,
+    /// Asks the owner for changes.
+    pub owner: OwnerTx,
+}
+
+impl Admin {
+    fn identity(&self) -> status::Identity<'_> {
+        status::Identity {
+            name: &self.ctx.opts.name,
+            id: self.ctx.names.ship_id(),
+            headquarters: &self.ctx.opts.headquarters,
+        }
+    }
+}
+
+/// The status with live numbers: container samples from the kernel, route counters from the proxy.
+pub(crate) async fn live_status(admin: &Admin) -> Status {
+    let view = admin.view.borrow().clone();
+    let mut st = status::build(&view, &admin.identity(), now_ms());
+    let proxy = admin.ctx.proxy.status().await.ok();
+    for svc in &mut st.services {
+        for c in svc.containers.iter_mut().filter(|c| c.running) {
+            if let Ok(sample) =
+                starphleet_telemetry::metrics::sample_container(c.pid, Some(&c.host_if)).await
+            {
+                c.cpu_seconds = Some(sample.cpu_usage_ns as f64 / 1e9);
+                c.memory_bytes = Some(sample.memory_working_set_bytes);
+                c.memory_peak_bytes = sample.memory_peak_bytes;
+                c.threads = Some(sample.threads);
+                c.net_rx_bytes = sample.net.as_ref().map(|n| n.rx_bytes);
+                c.net_tx_bytes = sample.net.as_ref().map(|n| n.tx_bytes);
+            }
+        }
+        if let Some(p) = &proxy {
+            let in_flight: u64 = svc
+                .containers
+                .iter()
+                .map(|c| p.in_flight.get(&c.id).copied().unwrap_or(0))
+                .sum();
+            for r in &mut svc.routes {
+                r.in_flight = in_flight;
+                if let Some(c) = p
+                    .routes
+                    .iter()
+                    .find(|c| c.port == r.port && c.prefix == r.prefix)
+                {
+                    r.requests = c.requests();
+                    r.requests_by_class = c.requests_by_class;
+                    r.latency_ms_p50 = c.latency_quantile(0.5).map(|s| s * 1000.0);
+                    r.latency_ms_p99 = c.latency_quantile(0.99).map(|s| s * 1000.0);
+                }
+            }
+        }
+    }
+    let stats = admin.ctx.telemetry.store.stats();
+    st.logs = Some(LogSummary {
+        disk_bytes: stats.disk_bytes,
+        records: stats.records,
+    });
+    st
+}
+
+/// Prometheus text for every running container (cAdvisor names) and the log store.
+pub(crate) async fn metrics(admin: &Admin) -> String {
+    let ship_name = admin.ctx.opts.name.clone();
+    use starphleet_telemetry::metrics::{self, ContainerLabels, Scrape};
+    let mut containers = Vec::new();
+    let running: Vec<(String, String, u32, crate::state::ContainerRecord)> = {
+        let state = admin.view.borrow().snapshot.state.clone();
+        state
+            .services
+            .iter()
+            .flat_map(|(name, svc)| {
+                svc.current
+                    .iter()
+                    .chain(svc.draining.iter())
+                    .flat_map(move |v| {
+                        let label =
+                            crate::telemetry::version_label(&v.app_commit, &v.order_revision);
+                        v.containers
+                            .iter()
+                            .map(move |c| (name.clone(), label.clone(), svc.restarts, c.clone()))
+                    })
+            })
+            .collect()
+    };
+    for (service, version, restarts, c) in running {
+        if c.pid == 0 || !process_alive(c.pid) {
+            continue;
+        }
+        if let Ok(mut sample) = metrics::sample_container(c.pid, Some(&c.host_if)).await {
+            sample.restarts = restarts as u64;
+            containers.push((
+                ContainerLabels {
+                    ship: ship_name.clone(),
+                    service,
+                    version,
+                    container: c.id.clone(),
+                },
+                sample,
+            ));
+        }
+    }
+    let routes = match admin.ctx.proxy.status().await {
+        Ok(p) => p
+            .routes
+            .iter()
+            .map(|c| {
+                let in_flight = p
+                    .table
+                    .ports
+                    .get(&c.port)
+                    .and_then(|rs| rs.iter().find(|r| r.prefix == c.prefix))
+                    .map(|r| {
+                        r.upstreams
+                            .iter()
+                            .map(|u| p.in_flight.get(&u.container).copied().unwrap_or(0))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                (
+                    metrics::RouteLabels {
+                        ship: ship_name.clone(),
+                        service: c.service.clone(),
+                        route: format!(":{}{}", c.port, c.prefix),
+                    },
+                    metrics::RouteSample {
+                        requests_by_class: c.requests_by_class,
+                        in_flight,
+                        response_bytes: c.response_bytes,
+                        latency: metrics::LatencyHistogram {
+                            bounds_s: starphleet_proxy::LATENCY_BOUNDS_S.to_vec(),
+                            counts: c.latency_counts.clone(),
+                            sum_s: c.latency_sum_s,
+                        },
+                    },
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    metrics::render(Scrape {
+        containers,
+        routes,
+        logs: Some((ship_name, admin.ctx.telemetry.store.stats())),
+    })
+}
+
+/// Every admin response body: whole, or streamed for `logs?follow=1`.
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .expect("static response parts are valid")
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    respond(status, "application/json", body)
+}
+
+/// `GET /logs?service=&since=&until=&grep=&kind=&limit=&follow=1`: JSON lines, newest last.
+fn logs(admin: &Admin, query: Option<&str>) -> Response<Body> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let parsed = crate::logs::parse_query(
+        param("service"),
+        param("since"),
+        param("until"),
+        param("grep"),
+        param("kind"),
+        param("limit"),
+    );
+    let q = match parsed {
+        Ok(q) => q,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": e.to_string() }).to_string(),
+            )
+        }
+    };
+    let follow = matches!(param("follow"), Some("1") | Some("true"));
+    if !follow {
+        return match admin.ctx.telemetry.store.query(&q) {
+            Ok(records) => {
+                let mut out = String::new();
+                for r in records {
+                    out.push_str(&serde_json::to_string(&r).unwrap_or_default());
+                    out.push('\n');
+                }
+                respond(StatusCode::OK, "application/x-ndjson", out)
+            }
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": e.to_string() }).to_string(),
+            ),
+        };
+    }
+    let (backlog, mut live) = match admin.ctx.telemetry.store.follow(&q) {
+        Ok(f) => f,
+        Err(e) => {
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": e.to_string() }).to_string(),
+            )
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        for r in backlog {
+            let line = serde_json::to_string(&r).unwrap_or_default() + "\n";
+            if tx.send(line.into()).await.is_err() {
+                return;
+            }
+        }
+        while let Some(next) = live.next().await {
+            let line = match next {
+                starphleet_telemetry::Followed::Record(r) => {
+                    serde_json::to_string(&r).unwrap_or_default()
+                }
+                starphleet_telemetry::Followed::Missed(n) => {
+                    serde_json::json!({ "missed": n }).to_string()
+                }
+            } + "\n";
+            if tx.send(line.into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("static response parts are valid")
+}
+
+async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => json(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&live_status(&admin).await).unwrap_or_default(),
+        ),
+        (&Method::GET, "/") => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            include_str!("../dashboard.html"),
+        ),
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            starphleet_telemetry::metrics::CONTENT_TYPE,
+            metrics(&admin).await,
+        ),
+        (&Method::GET, "/logs") => logs(&admin, req.uri().query()),
+        (&Method::GET, "/health") => json(StatusCode::OK, "{\"ok\":true}".into()),
+        (&Method::POST, path) if path.starts_with("/redeploy/") => {
+            let service = path["/redeploy/".len()..].to_string();
+            let answer = admin
+                .owner
+                .ask(|reply| Event::Redeploy {
+                    service: service.clone(),
+                    reply,
+                })
+                .await
+                .unwrap_or_else(|| Err("the ship is shutting down".into()));
+            match answer {
+                Ok(()) => json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "redeploying": service }).to_string(),
+                ),
+                Err(e) => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({ "error": e }).to_string(),
+                ),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"unknown admin path; try GET /, /status, /metrics or /logs\"}".into(),
+        ),
+    };
+    Ok(resp)
+}
+
+async fn serve_conn<S>(admin: Arc<Admin>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(admin.clone(), req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// How long the accept loop rests after an error (e.g. out of file descriptors) before trying again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The socket in the state dir could not be bound.
+    #[error("binding the admin socket {}: {source}", path.display())]
+    Socket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Starts the admin endpoint on `admin.sock` in the state dir and, if configured, on TCP.
+pub(crate) async fn serve(admin: Arc<Admin>) -> Result<JoinHandle<()>, AdminError> {
+    let sock = admin.ctx.layout.admin_socket();
+    let _ = std::fs::remove_file(&sock);
+    let unix = tokio::net::UnixListener::bind(&sock).map_err(|source| AdminError::Socket {
+        path: sock.clone(),
+        source,
+    })?;
+    let tcp = match admin.ctx.opts.admin {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("admin endpoint cannot listen on {addr}: {e}; the CLI still reaches the ship through {}", sock.display());
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(tokio::spawn(async move {
+        let admin2 = admin.clone();
+        let unix_loop = async move {
+            loop {
+                match unix.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_conn(admin2.clone(), s));
+                    }
+                    Err(e) => {
+                        warn!("admin socket accept failed, retrying: {e}");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
+                }
+            }
+        };
+        let tcp_loop = async move {
+            let Some(tcp) = tcp else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                match tcp.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_conn(admin.clone(), s));
+                    }
+                    Err(e) => {
+                        warn!("admin endpoint accept failed, retrying: {e}");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
+                }
+            }
+        };
+        tokio::join!(unix_loop, tcp_loop);
+    }))
+}
