@@ -73,6 +73,7 @@ fn wait_for_log(ship: &TestShip, args: &[&str], within: Duration) -> serde_json:
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn printed_lines_show_up_with_their_version_and_follow_keeps_going_across_a_redeploy() {
     let (ship, app) = ticker_ship("", "");
     assert_eq!(ship.get(80, "/ticker/say/hello-logs").unwrap().0, 200);
@@ -171,6 +172,7 @@ fn printed_lines_show_up_with_their_version_and_follow_keeps_going_across_a_rede
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn lines_survive_a_ship_restart_none_lost_or_doubled() {
     let (mut ship, _app) = ticker_ship("", "export TICK=1\n");
     std::thread::sleep(Duration::from_millis(700));
@@ -192,6 +194,7 @@ fn lines_survive_a_ship_restart_none_lost_or_doubled() {
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn a_flooding_service_does_not_delay_another_services_logs_or_the_ship() {
     let mut ship = TestShip::new();
     let app = ticker_repo(&ship.path("ticker"), "");
@@ -248,6 +251,7 @@ fn container_numbers(ship: &TestShip) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn metrics_pass_promtool_and_follow_cpu_and_network_from_the_kernel() {
     let (ship, _app) = ticker_ship("", "");
     // CPU rises under load.
@@ -330,6 +334,7 @@ fn promtool_check(text: &str) {
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn logs_are_forwarded_to_the_syslog_server_named_in_settings() {
     let mut ship = TestShip::new();
     let listener = ship
@@ -402,6 +407,7 @@ fn ticker_2xx(ship: &TestShip) -> u64 {
 }
 
 #[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn access_log_and_request_counters_match_the_requests_sent_exactly() {
     let (ship, app) = ticker_ship("", "");
     let before = ticker_2xx(&ship);

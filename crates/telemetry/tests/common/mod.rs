@@ -13,9 +13,8 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `"2m"`); `None`, after a loud message, where mounting
-    /// is impossible (not root).
-    pub fn mount(size: &str) -> Option<Tmpfs> {
+    /// Mounts a tmpfs of `size` (e.g. `"2m"`); needs root (these tests are in the root tier).
+    pub fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
         let options = CString::new(format!("size={size}")).unwrap();
@@ -29,15 +28,13 @@ impl Tmpfs {
                 options.as_ptr().cast(),
             )
         };
-        if rc != 0 {
-            eprintln!(
-                "\n*** SKIPPED: cannot mount a tmpfs here ({}; needs root): \
-                 the full-disk test did not run ***\n",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some(Tmpfs { dir })
+        assert_eq!(
+            rc,
+            0,
+            "cannot mount a tmpfs ({}): this test needs root; run it with scripts/test",
+            std::io::Error::last_os_error()
+        );
+        Tmpfs { dir }
     }
 
     /// Where it is mounted.
