@@ -291,20 +291,28 @@ async fn pipeline(
         key: want.key.clone(),
         app_commit: want.app_commit.clone(),
         order_revision: order.revision.clone(),
-        publish: order
-            .publish
-            .iter()
-            .map(|p| PublishRecord {
-                private: p.private,
-                public: p.public,
-                url: p.url.clone(),
-            })
-            .collect(),
+        publish: publish_records(order),
         containers,
         healthy_at_ms: now_ms(),
-        drain_timeout_ms: order.drain.unwrap_or(DEFAULT_DRAIN).as_millis() as u64,
+        drain_timeout_ms: drain_ms(order),
         draining_since_ms: None,
     })
+}
+
+fn publish_records(order: &starphleet_orders::Order) -> Vec<PublishRecord> {
+    order
+        .publish
+        .iter()
+        .map(|p| PublishRecord {
+            private: p.private,
+            public: p.public,
+            url: p.url.clone(),
+        })
+        .collect()
+}
+
+fn drain_ms(order: &starphleet_orders::Order) -> u64 {
+    order.drain.unwrap_or(DEFAULT_DRAIN).as_millis() as u64
 }
 
 fn short(commit: &str) -> &str {
@@ -504,6 +512,22 @@ async fn start_container(
         pid,
         ..record.clone()
     };
+    // The bundle says what the container is, so a ship that lost its state can adopt it.
+    let label = crate::state::ContainerLabel {
+        ship: ctx.names.ship_id().to_string(),
+        service: job.service.clone(),
+        key: job.version.key.clone(),
+        app_commit: job.version.app_commit.clone(),
+        order_revision: job.version.order.revision.clone(),
+        publish: publish_records(&job.version.order),
+        drain_timeout_ms: drain_ms(&job.version.order),
+        container: started.clone(),
+    };
+    let label_path = record.bundle.join(crate::state::LABEL_FILE);
+    let bytes = serde_json::to_vec(&label).expect("labels serialize");
+    if let Err(e) = crate::state::write_atomic(&label_path, &bytes) {
+        tracing::warn!(file = %label_path.display(), "cannot label the container (it would not be adopted without state.json): {e}");
+    }
     ctx.telemetry.watch_container(
         &job.service,
         &version_label(&job.version.app_commit, &job.version.order.revision),

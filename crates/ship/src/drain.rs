@@ -75,7 +75,7 @@ pub(crate) async fn run(
 
 /// Stops and removes a container, its network namespace and veth; collects the rest of its
 /// output. Failures are logged: stopping always finishes.
-pub(crate) async fn stop_container(ctx: &Ctx, service: &str, c: &ContainerRecord) {
+pub(crate) async fn stop_container(ctx: &Arc<Ctx>, service: &str, c: &ContainerRecord) {
     let runtime = ctx.runtime.clone();
     let (id, bundle) = (c.id.clone(), c.bundle.clone());
     match tokio::task::spawn_blocking(move || runtime.stop(&id, &bundle, STOP_GRACE)).await {
@@ -90,6 +90,8 @@ pub(crate) async fn stop_container(ctx: &Ctx, service: &str, c: &ContainerRecord
     if let Err(e) = starphleet_runtime::net::delete_link(&c.host_if).await {
         warn!(link = %c.host_if, "removing veth: {e}");
     }
-    ctx.telemetry.unwatch_container(c);
+    // Collecting the rest of its output reads files: off the async workers.
+    let (ctx2, c2) = (ctx.clone(), c.clone());
+    let _ = tokio::task::spawn_blocking(move || ctx2.telemetry.unwatch_container(&c2)).await;
     info!(service, container = %c.id, "container stopped");
 }

@@ -25,6 +25,7 @@ mod owner;
 mod persist;
 pub mod plan;
 mod routes;
+mod selfcheck;
 mod ship;
 pub mod state;
 mod supervise;

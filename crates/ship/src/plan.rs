@@ -10,7 +10,7 @@ use starphleet_orders::{GitSource, Order};
 use starphleet_proxy::{Route, RouteTable, Upstream};
 
 use crate::env;
-use crate::state::{ServiceState, ShipState, Version};
+use crate::state::{ContainerLabel, ServiceState, ShipState, Version};
 
 /// A service that ran this long without a crash starts its back-off from scratch.
 pub const STEADY: Duration = Duration::from_secs(600);
@@ -413,6 +413,70 @@ pub fn adoption(state: &ShipState, running: &BTreeSet<String>, listed: &[String]
             .cloned()
             .collect(),
     }
+}
+
+/// A state rebuilt from the labels of the containers the runtime runs, for a ship whose state
+/// file was lost: per service, the containers of its newest deploy are the current version;
+/// those of older deploys drain from `now_ms`. Container numbers and addresses continue after
+/// the highest found, so nothing new reuses a name.
+pub fn recover(ship_id: &str, labels: Vec<ContainerLabel>, now_ms: u64) -> ShipState {
+    let mut state = ShipState::default();
+    let mut groups: BTreeMap<(String, String, u64), Vec<ContainerLabel>> = BTreeMap::new();
+    for l in labels.into_iter().filter(|l| l.ship == ship_id) {
+        let seq = l
+            .container
+            .netns
+            .rsplit('-')
+            .next()
+            .and_then(|s| u32::from_str_radix(s, 16).ok());
+        if let Some(seq) = seq {
+            state.next_seq = state.next_seq.max(seq.wrapping_add(1));
+        }
+        groups
+            .entry((l.service.clone(), l.key.clone(), l.container.deploy))
+            .or_default()
+            .push(l);
+    }
+    let mut newest: BTreeMap<String, ((String, String, u64), u64)> = BTreeMap::new();
+    for (k, group) in &groups {
+        let started = group
+            .iter()
+            .map(|l| l.container.started_at_ms)
+            .max()
+            .unwrap_or(0);
+        let entry = newest.entry(k.0.clone()).or_insert((k.clone(), started));
+        if started > entry.1 {
+            *entry = (k.clone(), started);
+        }
+    }
+    for (k, group) in groups {
+        let first = &group[0];
+        let started = group
+            .iter()
+            .map(|l| l.container.started_at_ms)
+            .max()
+            .unwrap_or(0);
+        let mut version = Version {
+            id: state.new_version_id(),
+            key: first.key.clone(),
+            app_commit: first.app_commit.clone(),
+            order_revision: first.order_revision.clone(),
+            publish: first.publish.clone(),
+            containers: group.iter().map(|l| l.container.clone()).collect(),
+            healthy_at_ms: started,
+            drain_timeout_ms: first.drain_timeout_ms,
+            draining_since_ms: None,
+        };
+        version.containers.sort_by(|a, b| a.id.cmp(&b.id));
+        let svc = state.services.entry(k.0.clone()).or_default();
+        if newest.get(&k.0).is_some_and(|(n, _)| *n == k) {
+            svc.current = Some(version);
+        } else {
+            version.draining_since_ms = Some(now_ms);
+            svc.draining.push(version);
+        }
+    }
+    state
 }
 
 /// A switch the previous ship recorded but may not have finished: the new version was healthy,

@@ -59,9 +59,6 @@ pub enum ShipError {
     /// The state file is unreadable.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The OCI runtime is missing or broken.
-    #[error(transparent)]
-    Runtime(#[from] starphleet_runtime::RuntimeError),
     /// The log store could not be opened.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -76,6 +73,9 @@ pub enum ShipError {
     /// The admin endpoint could not start.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The machine lacks something the ship needs; one line per problem.
+    #[error("the ship cannot start here:\n  {}", .0.join("\n  "))]
+    SelfCheck(Vec<String>),
     /// Signals could not be watched.
     #[error("watching for SIGTERM: {0}")]
     Signals(std::io::Error),
@@ -136,7 +136,12 @@ impl Ship {
         })?;
         let id = ship_id(&layout)?;
         let runtime = Runtime::new(opts.runtime.clone(), Layout::runtime_root(&id));
-        runtime.check()?;
+        let problems = crate::selfcheck::run(layout.root(), &runtime);
+        if !problems.is_empty() {
+            return Err(ShipError::SelfCheck(problems));
+        }
+        let files = crate::selfcheck::raise_fd_limit();
+        info!(open_files = files, "open-file limit");
         let ssh = match starphleet_git::check_ssh_key(&layout.ssh_dir()) {
             Ok(Some(key)) => {
                 info!(key = %key.display(), "using ssh deploy key");
@@ -153,7 +158,13 @@ impl Ship {
                 None
             }
         };
-        let state = ShipState::load(&layout.state_file())?;
+        let state = match ShipState::load_or_recover(&layout.state_file())? {
+            crate::state::Loaded::State(state) => state,
+            crate::state::Loaded::Lost { why } => {
+                warn!("{why}; the ship recovers what runs from the runtime");
+                ShipState::default()
+            }
+        };
         let builder = Builder::new(layout.builds(), runtime.clone());
         let proxy = ProxyClient::new(layout.proxy_socket());
         let telemetry = Telemetry::open(&layout, &opts.name)?;
@@ -199,13 +210,13 @@ impl Ship {
                 source,
             })?;
 
-        let mut core = Core::new(
-            &ctx.opts.name,
-            ctx.names.clone(),
-            ctx.layout.clone(),
-            self.state,
-        );
-        adopt(&ctx, &mut core).await;
+        let listed = list_containers(&ctx).await;
+        let mut state = self.state;
+        if state.services.is_empty() && !listed.is_empty() {
+            state = recover(&ctx, &listed).await;
+        }
+        let mut core = Core::new(&ctx.opts.name, ctx.names.clone(), ctx.layout.clone(), state);
+        adopt(&ctx, &mut core, &listed).await;
 
         let persister =
             crate::persist::Persister::spawn(ctx.layout.state_file()).map_err(|source| {
@@ -283,9 +294,10 @@ impl Ship {
 
 /// On start: compares the state with what the runtime runs, removes containers nobody knows,
 /// resumes collecting the output of what keeps running.
-async fn adopt(ctx: &Arc<Ctx>, core: &mut Core) {
+/// The containers the OCI runtime has for this ship.
+async fn list_containers(ctx: &Arc<Ctx>) -> Vec<starphleet_runtime::ContainerState> {
     let runtime = ctx.runtime.clone();
-    let listed = match tokio::task::spawn_blocking(move || runtime.list()).await {
+    match tokio::task::spawn_blocking(move || runtime.list()).await {
         Ok(Ok(list)) => list,
         Ok(Err(e)) => {
             warn!("cannot list the runtime's containers: {e}");
@@ -295,7 +307,41 @@ async fn adopt(ctx: &Arc<Ctx>, core: &mut Core) {
             warn!("cannot list the runtime's containers: {e}");
             Vec::new()
         }
-    };
+    }
+}
+
+/// The state rebuilt from the labels in the bundles of the containers that run.
+async fn recover(ctx: &Arc<Ctx>, listed: &[starphleet_runtime::ContainerState]) -> ShipState {
+    let bundles: Vec<PathBuf> = listed
+        .iter()
+        .filter(|c| c.status == "running")
+        .map(|c| c.bundle.join(crate::state::LABEL_FILE))
+        .collect();
+    let labels: Vec<crate::state::ContainerLabel> = tokio::task::spawn_blocking(move || {
+        bundles
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let state = crate::plan::recover(ctx.names.ship_id(), labels, now_ms());
+    let containers: usize = state
+        .services
+        .values()
+        .flat_map(|s| s.current.iter().chain(s.draining.iter()))
+        .map(|v| v.containers.len())
+        .sum();
+    warn!(
+        services = state.services.len(),
+        containers,
+        "no ship state: recovered what runs from the runtime's containers; what headquarters no longer orders is removed"
+    );
+    state
+}
+
+async fn adopt(ctx: &Arc<Ctx>, core: &mut Core, listed: &[starphleet_runtime::ContainerState]) {
     let running: BTreeSet<String> = listed
         .iter()
         .filter(|c| c.status == "running" && c.pid != 0 && crate::layout::process_alive(c.pid))

@@ -122,6 +122,43 @@ pub struct ContainerRecord {
     pub deploy: u64,
 }
 
+/// What a container's bundle says about it (`<bundle>/starphleet.json`): enough for a ship
+/// that lost its state file to adopt it from what the runtime runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLabel {
+    /// The ship id.
+    pub ship: String,
+    /// The service.
+    pub service: String,
+    /// The version key.
+    pub key: String,
+    /// The app commit.
+    pub app_commit: String,
+    /// The order revision.
+    pub order_revision: String,
+    /// Where the version is published.
+    pub publish: Vec<PublishRecord>,
+    /// Its drain timeout.
+    pub drain_timeout_ms: u64,
+    /// The container.
+    pub container: ContainerRecord,
+}
+
+/// The name of the label file in a container's bundle.
+pub const LABEL_FILE: &str = "starphleet.json";
+
+/// What `load_or_recover` found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The state file, as it was (or an empty state on the very first start).
+    State(ShipState),
+    /// The state file was unreadable (and was moved aside): start from what the runtime runs.
+    Lost {
+        /// What happened.
+        why: String,
+    },
+}
+
 /// The timeline of one deploy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRecord {
@@ -161,6 +198,29 @@ impl ShipState {
         };
         state.number_versions();
         Ok(state)
+    }
+
+    /// Loads the state file; an unreadable one is moved aside (`state.json.corrupt-<ms>`) and
+    /// reported as lost, so the ship can start again from what the runtime runs.
+    pub fn load_or_recover(path: &Path) -> Result<Loaded, StateError> {
+        match Self::load(path) {
+            Ok(state) => Ok(Loaded::State(state)),
+            Err(StateError::Invalid { source, .. }) => {
+                let aside = path.with_extension(format!("json.corrupt-{}", now_ms()));
+                std::fs::rename(path, &aside).map_err(|source| StateError::Write {
+                    path: aside.clone(),
+                    source,
+                })?;
+                Ok(Loaded::Lost {
+                    why: format!(
+                        "{} was not valid ship state ({source}); it was moved to {}",
+                        path.display(),
+                        aside.display()
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Gives versions from state files of older ships (which had no ids) ids of their own.

@@ -186,4 +186,13 @@ impl Telemetry {
             Err(e) => warn!(file = %log.display(), "cannot collect build output: {e}"),
         }
     }
+
+    /// A service left the ship: finish collecting its build log and close every file of it
+    /// (its records stay queryable).
+    pub fn forget_service(&self, service: &str, build_log: &Path) {
+        if let Err(e) = self.collector.remove(build_log) {
+            warn!(file = %build_log.display(), "cannot finish collecting: {e}");
+        }
+        self.store.close_service(service);
+    }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod status;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -88,10 +89,25 @@ pub(crate) async fn live_status(admin: &Admin) -> Status {
             }
         }
     }
+    if let Some(p) = &proxy {
+        for (port, err) in &p.bind_errors {
+            st.errors
+                .push(format!("port {port}: the proxy cannot listen: {err}"));
+        }
+    }
     let stats = admin.ctx.telemetry.store.stats();
+    if stats.disk_full {
+        st.errors.push(format!(
+            "the disk of the state dir {} is full: services keep running, {} log records were dropped so far; free space and logging resumes",
+            admin.ctx.layout.root().display(),
+            stats.dropped_records
+        ));
+    }
     st.logs = Some(LogSummary {
         disk_bytes: stats.disk_bytes,
         records: stats.records,
+        dropped_records: stats.dropped_records,
+        disk_full: stats.disk_full,
     });
     st
 }
@@ -279,7 +295,73 @@ fn logs(admin: &Admin, query: Option<&str>) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Which listener a request came in on: the socket in the state dir (its file permissions
+/// decide who may talk to the ship) or TCP.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Socket,
+    Tcp(SocketAddr),
+}
+
+/// Why a request on TCP is refused before it is looked at, if it is.
+///
+/// A browser page must not drive the ship: the Host of a request on a loopback listener must
+/// be a loopback name (no DNS rebinding), a request carrying an `Origin` must come from the
+/// admin endpoint itself (no cross-site requests), and changes (anything but GET/HEAD) are
+/// only taken over the socket.
+fn refuse(via: Via, method: &Method, headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let Via::Tcp(local) = via else { return None };
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if local.ip().is_loopback() && !is_loopback_host(host) {
+        return Some(
+            "the admin endpoint answers only to a loopback Host (e.g. 127.0.0.1 or localhost)",
+        );
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("cross-origin requests to the admin endpoint are refused");
+        }
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Some(
+            "changes are taken only over the ship's admin socket: use the starphleet CLI on the ship",
+        );
+    }
+    None
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn handle(
+    admin: Arc<Admin>,
+    via: Via,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if let Some(why) = refuse(via, req.method(), req.headers()) {
+        warn!(method = %req.method(), path = req.uri().path(), "admin request refused: {why}");
+        return Ok(json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({ "error": why }).to_string(),
+        ));
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(
             StatusCode::OK,
@@ -326,15 +408,28 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(resp)
 }
 
-async fn serve_conn<S>(admin: Arc<Admin>, io: S)
+/// How long a client may take to send a request's headers; an idle keep-alive connection
+/// counts as sending none and is closed after it too.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_conn<S>(admin: Arc<Admin>, via: Via, io: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(admin.clone(), req));
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let svc = hyper::service::service_fn(move |req| handle(admin.clone(), via, req));
+    // HTTP/1 only: detecting HTTP/2 would wait for the first bytes without any timeout.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }
+
+/// Connections the admin socket serves at once (the CLI, `logs -f` readers).
+const SOCKET_CONNECTIONS: usize = 256;
+/// Connections the admin TCP endpoint serves at once (dashboards, scrapers, peers).
+const TCP_CONNECTIONS: usize = 512;
 
 /// How long the accept loop rests after an error (e.g. out of file descriptors) before trying again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -372,11 +467,21 @@ pub(crate) async fn serve(admin: Arc<Admin>) -> Result<JoinHandle<()>, AdminErro
     };
     Ok(tokio::spawn(async move {
         let admin2 = admin.clone();
+        // Each listener has its own budget, so a flood on TCP never keeps the CLI out.
+        let socket_budget = Arc::new(tokio::sync::Semaphore::new(SOCKET_CONNECTIONS));
+        let tcp_budget = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
         let unix_loop = async move {
             loop {
                 match unix.accept().await {
                     Ok((s, _)) => {
-                        tokio::spawn(serve_conn(admin2.clone(), s));
+                        // Over budget: the connection is closed at once (dropped).
+                        if let Ok(permit) = socket_budget.clone().try_acquire_owned() {
+                            let admin = admin2.clone();
+                            tokio::spawn(async move {
+                                serve_conn(admin, Via::Socket, s).await;
+                                drop(permit);
+                            });
+                        }
                     }
                     Err(e) => {
                         warn!("admin socket accept failed, retrying: {e}");
@@ -389,10 +494,19 @@ pub(crate) async fn serve(admin: Arc<Admin>) -> Result<JoinHandle<()>, AdminErro
             let Some(tcp) = tcp else {
                 return std::future::pending::<()>().await;
             };
+            let local = tcp
+                .local_addr()
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
             loop {
                 match tcp.accept().await {
                     Ok((s, _)) => {
-                        tokio::spawn(serve_conn(admin.clone(), s));
+                        if let Ok(permit) = tcp_budget.clone().try_acquire_owned() {
+                            let admin = admin.clone();
+                            tokio::spawn(async move {
+                                serve_conn(admin, Via::Tcp(local), s).await;
+                                drop(permit);
+                            });
+                        }
                     }
                     Err(e) => {
                         warn!("admin endpoint accept failed, retrying: {e}");

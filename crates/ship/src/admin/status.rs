@@ -51,6 +51,12 @@ pub struct LogSummary {
     pub disk_bytes: u64,
     /// Records stored since the store was opened.
     pub records: u64,
+    /// Records dropped because the disk was full, since the store was opened.
+    #[serde(default)]
+    pub dropped_records: u64,
+    /// The state dir's disk was full at the last write.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// One public route of a service, with the proxy's live counters.

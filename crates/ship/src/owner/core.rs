@@ -195,6 +195,8 @@ pub(crate) enum Effect {
     },
     /// `.starphleet` (re)loaded: start the log forwarders it names.
     Forward(Vec<(String, String)>),
+    /// A service is gone: close its log files.
+    Forget(String),
 }
 
 /// A switch waiting for the proxy.
@@ -316,6 +318,8 @@ impl Core {
     /// What the ship learned when it started: finishes switches a killed ship left half done
     /// and marks containers that died while it was away.
     pub fn adopt(&mut self, dead: &[String], now_ms: u64) {
+        // Written once at start: a state recovered from the runtime is on disk at once.
+        self.dirty = true;
         let interrupted: Vec<String> = self
             .state
             .services
@@ -935,6 +939,7 @@ impl Core {
             Action::Forget { service } => {
                 info!(service = %service, "service removed");
                 self.state_mut().services.remove(&service);
+                self.effects.push(Effect::Forget(service));
             }
         }
     }

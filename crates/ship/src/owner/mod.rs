@@ -159,6 +159,13 @@ pub(crate) async fn run(
                     kind,
                     text,
                 } => ctx.telemetry.note(&service, &version, kind, &text),
+                core::Effect::Forget(service) => {
+                    let ctx = ctx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let log = ctx.layout.service_logs(&service).join("build.log");
+                        ctx.telemetry.forget_service(&service, &log);
+                    });
+                }
                 core::Effect::Forward(settings) => {
                     forwarding = Arc::new(reforward(&ctx, &forwarding, &settings));
                 }

@@ -1,7 +1,7 @@
 //! Every rule the ship follows, as a table of situations and the actions they call for.
 
 use super::*;
-use crate::state::{ContainerRecord, PublishRecord};
+use crate::state::{ContainerLabel, ContainerRecord, PublishRecord};
 use std::path::Path;
 
 const NOW: u64 = 1_000_000;
@@ -639,4 +639,50 @@ fn completing_a_switch_drains_what_served() {
     };
     assert_eq!(complete_switch(&mut fresh, NOW), None);
     assert_eq!(fresh.current.as_ref().unwrap().id, 3);
+}
+
+#[test]
+fn a_lost_state_is_rebuilt_from_the_labels_of_what_runs() {
+    let w = World::new().ordered("echo", "c1");
+    let want = w.desired("echo");
+    let label = |id: &str, seq: u32, deploy: u64, started: u64, key: &str| ContainerLabel {
+        ship: "abc123".into(),
+        service: "echo".into(),
+        key: key.into(),
+        app_commit: want.app_commit.clone(),
+        order_revision: want.order.revision.clone(),
+        publish: Vec::new(),
+        drain_timeout_ms: 30_000,
+        container: ContainerRecord {
+            netns: format!("sp-abc123-{seq:x}"),
+            deploy,
+            started_at_ms: started,
+            ..container(id)
+        },
+    };
+    let labels = vec![
+        label("old", 0x1a, 1, 10, "k1"),
+        label("new-a", 0x1b, 2, 20, "k2"),
+        label("new-b", 0x1c, 2, 21, "k2"),
+        ContainerLabel {
+            ship: "other1".into(),
+            ..label("foreign", 0x99, 9, 99, "k9")
+        },
+    ];
+    let state = recover("abc123", labels, NOW);
+    let svc = &state.services["echo"];
+    let current = svc.current.as_ref().unwrap();
+    assert_eq!(current.key, "k2");
+    assert_eq!(
+        current
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["new-a", "new-b"]
+    );
+    assert_eq!(svc.draining.len(), 1);
+    assert_eq!(svc.draining[0].draining_since_ms, Some(NOW));
+    assert_eq!(state.next_seq, 0x1d, "new containers never reuse a name");
+    assert_ne!(current.id, svc.draining[0].id);
 }
