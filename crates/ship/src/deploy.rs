@@ -101,6 +101,46 @@ pub enum DeployError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Whether an I/O error is about the machine (full disk, out of descriptors or memory) rather
+/// than the app: such a deploy is retried, not held as failed.
+fn machine_limit(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN
+        )
+    )
+}
+
+impl DeployError {
+    /// Whether the failure comes from the ship's situation (no free address, a full disk, no
+    /// file descriptors) and not from the version: it is retried when that may have gone away.
+    pub fn is_transient(&self) -> bool {
+        use starphleet_build::BuildError as B;
+        use starphleet_runtime::{NetError as N, RuntimeError as R};
+        fn runtime(e: &R) -> bool {
+            matches!(e, R::Io { cause, .. } | R::Spawn { cause, .. } if machine_limit(cause))
+        }
+        fn net(e: &N) -> bool {
+            match e {
+                N::Io { cause, .. } => machine_limit(cause),
+                N::Setup { cause, .. } => net(cause),
+                _ => false,
+            }
+        }
+        match self {
+            DeployError::Allocate(_) => true,
+            DeployError::Network { source, .. } => net(source),
+            DeployError::Start { source, .. } => runtime(source),
+            DeployError::Build(B::Io { cause, .. } | B::Export { cause, .. }) => {
+                machine_limit(cause)
+            }
+            DeployError::Build(B::Runtime { cause, .. }) => runtime(cause),
+            _ => false,
+        }
+    }
+}
+
 /// Runs one deploy to its switch (or its end) and tells the owner.
 pub(crate) async fn run(ctx: Arc<Ctx>, owner: OwnerTx, job: DeployJob, cancel: CancellationToken) {
     let label = version_label(&job.version.app_commit, &job.version.order.revision);
@@ -108,6 +148,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, owner: OwnerTx, job: DeployJob, cancel: C
         key: job.version.key.clone(),
         app_commit: job.version.app_commit.clone(),
         version_label: label.clone(),
+        layer: None,
         started_at_ms: now_ms(),
         steps: Vec::new(),
         outcome: "in progress".into(),
@@ -139,6 +180,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, owner: OwnerTx, job: DeployJob, cancel: C
         }
         Err(DeployError::Superseded) => DeployEnd::Superseded,
         Err(DeployError::ShipStopping) => return,
+        Err(e) if e.is_transient() => DeployEnd::Transient(e.to_string()),
         Err(e) => DeployEnd::Failed(e.to_string()),
     };
     owner.send(Event::DeployEnded {
@@ -231,6 +273,9 @@ async fn pipeline(
     })?;
     let env = crate::env::merge(&[&app.env, &want.env]);
     let layer = build(ctx, owner, job, &mirror, &app, &env).await?;
+    timer.record.layer = Some(layer.key.clone());
+    let used = layer.dir.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::gc::mark_used(&used)).await;
 
     check(cancel)?;
     timer.next("start");
@@ -296,6 +341,7 @@ async fn pipeline(
         healthy_at_ms: now_ms(),
         drain_timeout_ms: drain_ms(order),
         draining_since_ms: None,
+        layer: Some(layer.key.clone()),
     })
 }
 

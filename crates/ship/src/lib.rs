@@ -16,6 +16,7 @@ mod deploy;
 pub mod down;
 mod drain;
 mod env;
+pub mod gc;
 mod health;
 pub mod layout;
 pub mod logs;

@@ -111,37 +111,46 @@ pub fn safe_name(service: &str) -> String {
     out
 }
 
-/// The ship's network: one bridge and one /24 derived from the ship id.
+/// The ship's network: one bridge and one /20 (4 093 container addresses) derived from the
+/// ship id, inside 10.200.0.0–10.249.255.255.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetPlan {
     /// Bridge name.
     pub bridge: String,
-    /// First three octets of the subnet.
-    pub prefix: [u8; 3],
+    /// The subnet's first address.
+    pub network: Ipv4Addr,
 }
+
+/// The subnet's prefix length.
+const PREFIX_LEN: u8 = 20;
 
 impl NetPlan {
     /// The network plan of ship `id` (6 hex digits).
     pub fn for_ship(id: &str) -> Self {
         let n = u32::from_str_radix(id, 16).unwrap_or(0);
+        // 50 second octets × 16 blocks of /20 = 800 subnets, spread by the id.
+        let second = 200 + ((n >> 4) % 50) as u8;
+        let third = ((n & 0xf) << 4) as u8;
         NetPlan {
             bridge: format!("spb-{id}"),
-            prefix: [10, 200 + (n >> 8) as u8 % 50, n as u8],
+            network: Ipv4Addr::new(10, second, third, 0),
         }
     }
     /// The bridge's (gateway) address.
     pub fn gateway(&self) -> Ipv4Addr {
-        let [a, b, c] = self.prefix;
-        Ipv4Addr::new(a, b, c, 1)
+        self.host(1)
     }
-    /// Host address `n` in the subnet.
-    pub fn host(&self, n: u8) -> Ipv4Addr {
-        let [a, b, c] = self.prefix;
-        Ipv4Addr::new(a, b, c, n)
+    /// Host address `n` in the subnet (1 is the gateway; containers get 2 ..= capacity + 1).
+    pub fn host(&self, n: u16) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + u32::from(n))
     }
     /// The prefix length of the subnet.
     pub fn prefix_len(&self) -> u8 {
-        24
+        PREFIX_LEN
+    }
+    /// How many containers the subnet holds (all but the network, gateway and broadcast addresses).
+    pub fn capacity(&self) -> u16 {
+        ((1u32 << (32 - PREFIX_LEN)) - 3) as u16
     }
 }
 
@@ -169,6 +178,17 @@ mod tests {
         assert!(n.host_veth(3).starts_with(&n.veth_prefix()));
         assert_eq!(n.cgroup(&id), format!("/starphleet-a1b2c3/{id}"));
         assert!(n.container(1, &"x".repeat(200)).len() <= 64);
+    }
+
+    #[test]
+    fn the_subnet_holds_thousands_and_its_hosts_stay_inside() {
+        let net = NetPlan::for_ship("a1b2c3");
+        assert_eq!(net.capacity(), 4093);
+        assert_eq!(u32::from(net.network) & 0xfff, 0, "aligned on a /20");
+        assert_eq!(net.gateway(), net.host(1));
+        let last = net.host(net.capacity() + 1);
+        assert_eq!(u32::from(last) >> 12, u32::from(net.network) >> 12);
+        assert_ne!(NetPlan::for_ship("a1b2c4").network, net.network);
     }
 
     #[test]

@@ -272,7 +272,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
             if backing_off {
                 wake(restart_at, &mut plan);
             }
-            if !redeploy && (up_to_date || failed || backing_off) {
+            // A deploy that failed for the ship's own reasons waits out its back-off.
+            let retry_at = svc.map_or(0, |s| s.retry_at_ms);
+            let retrying = !up_to_date && now < retry_at;
+            if retrying {
+                wake(retry_at, &mut plan);
+            }
+            if !redeploy && (up_to_date || failed || backing_off || retrying) {
                 continue;
             }
             let reason = if redeploy {
@@ -466,6 +472,7 @@ pub fn recover(ship_id: &str, labels: Vec<ContainerLabel>, now_ms: u64) -> ShipS
             healthy_at_ms: started,
             drain_timeout_ms: first.drain_timeout_ms,
             draining_since_ms: None,
+            layer: None,
         };
         version.containers.sort_by(|a, b| a.id.cmp(&b.id));
         let svc = state.services.entry(k.0.clone()).or_default();

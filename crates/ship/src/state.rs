@@ -15,7 +15,7 @@ pub struct ShipState {
     pub next_seq: u32,
     /// Last host number handed out on the bridge; addresses go round so a freed one is reused last.
     #[serde(default)]
-    pub last_host: u8,
+    pub last_host: u16,
     /// Next version id.
     #[serde(default)]
     pub next_version: u64,
@@ -49,6 +49,12 @@ pub struct ServiceState {
     /// `starphleet redeploy` asked for a fresh build and switch.
     #[serde(default)]
     pub redeploy_requested: bool,
+    /// Deploys in a row that failed for a reason of the ship's (full disk, no address…).
+    #[serde(default)]
+    pub transient_failures: u32,
+    /// Unix ms before which such a failed deploy is not tried again.
+    #[serde(default)]
+    pub retry_at_ms: u64,
 }
 
 /// One public route of a version.
@@ -85,6 +91,9 @@ pub struct Version {
     /// Unix ms when traffic was switched away from it (it drains until this + drain timeout).
     #[serde(default)]
     pub draining_since_ms: Option<u64>,
+    /// The build layer it runs (kept while it runs).
+    #[serde(default)]
+    pub layer: Option<String>,
 }
 
 impl Version {
@@ -169,6 +178,9 @@ pub struct DeployRecord {
     /// The version label of its records and metrics (app commit + order revision).
     #[serde(default)]
     pub version_label: String,
+    /// The build layer it used, once built.
+    #[serde(default)]
+    pub layer: Option<String>,
     /// Unix ms when it began.
     pub started_at_ms: u64,
     /// Steps and their durations in ms, in order.

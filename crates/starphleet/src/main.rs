@@ -505,6 +505,23 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
     if let Some(e) = &st.headquarters_error {
         println!("headquarters problem: {e}");
     }
+    if let Some(b) = &st.build_cache {
+        println!(
+            "build cache: {} layers, {} MiB (cap {} MiB)",
+            b.layers,
+            b.bytes >> 20,
+            b.cap_bytes >> 20
+        );
+    }
+    if let Some(l) = &st.logs {
+        if l.dropped_records > 0 {
+            println!(
+                "logs: {} records dropped because the disk was full{}",
+                l.dropped_records,
+                if l.disk_full { " (still full)" } else { "" }
+            );
+        }
+    }
     println!();
     println!(
         "{:<20} {:<13} {:<13} {:<13} {:<10} PUBLISH",

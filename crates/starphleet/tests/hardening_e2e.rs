@@ -406,12 +406,19 @@ fn a_flood_of_idle_connections_leaves_admin_and_proxy_accepting() {
     ship.wait_for_body(80, "/app/x", "hi-x", DEPLOY);
 
     for (what, port, path) in [("admin", 9797, "/status"), ("proxy", 80, "/app/x")] {
+        let began = Instant::now();
         let flood = Flood::new(&ship, port, 20_000);
-        eprintln!("{what}: {} idle connections held", flood.held);
+        eprintln!(
+            "{what}: {} idle connections held after {:?}",
+            flood.held,
+            began.elapsed()
+        );
         // While flooded, the CLI still reaches the ship through its socket.
         let st = ship.cli(&["status", "--json"]);
         assert!(st.status.success(), "{what} flood: status failed");
+        eprintln!("{what}: status answered at {:?}", began.elapsed());
         drop(flood);
+        eprintln!("{what}: flood closed at {:?}", began.elapsed());
         let asked = Instant::now();
         wait_until(
             &format!("{what} answers again after the flood"),

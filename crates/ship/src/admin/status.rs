@@ -33,6 +33,9 @@ pub struct Status {
     /// The ship's clock when this status was built, Unix ms (the dashboard computes rates from it).
     #[serde(default)]
     pub sampled_at_ms: u64,
+    /// The build cache as last collected.
+    #[serde(default)]
+    pub build_cache: Option<crate::gc::BuildCacheSummary>,
 }
 
 /// One log forwarder in the status.
@@ -272,5 +275,6 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         logs: None,
         forwarders,
         sampled_at_ms: now_ms,
+        build_cache: snap.build_cache.clone(),
     }
 }

@@ -120,6 +120,8 @@ pub(crate) enum Event {
     },
     /// The proxy now has route table `version` (or a newer one).
     RoutesApplied(u64),
+    /// The build cache was collected.
+    BuildCache(crate::gc::BuildCacheSummary),
     /// `starphleet redeploy SERVICE`.
     Redeploy {
         /// The service.
@@ -136,6 +138,9 @@ pub(crate) enum DeployEnd {
     Superseded,
     /// It failed; the message says where and why.
     Failed(String),
+    /// It failed for a reason of the ship's, not the version's (no free address, a full disk,
+    /// no file descriptors): it is tried again after a back-off.
+    Transient(String),
 }
 
 /// A deploy to run.
@@ -197,6 +202,11 @@ pub(crate) enum Effect {
     Forward(Vec<(String, String)>),
     /// A service is gone: close its log files.
     Forget(String),
+    /// Collect the build cache (a version started serving, or the ship started).
+    CollectBuilds {
+        /// The total size to stay under.
+        cap: u64,
+    },
 }
 
 /// A switch waiting for the proxy.
@@ -226,6 +236,7 @@ pub(crate) struct World {
     pub draining_now: BTreeSet<u64>,
     pub stopping: BTreeSet<String>,
     pub exited: BTreeMap<String, String>,
+    pub build_cache: Option<crate::gc::BuildCacheSummary>,
 }
 
 /// What the admin endpoint and the CLI read: a consistent picture, cheap to clone.
@@ -245,6 +256,8 @@ pub struct Snapshot {
     pub unreachable: BTreeMap<String, String>,
     /// Services with a deploy in flight.
     pub deploying: BTreeSet<String>,
+    /// The build cache as last collected.
+    pub build_cache: Option<crate::gc::BuildCacheSummary>,
 }
 
 /// The route table the proxy should have, numbered.
@@ -320,6 +333,9 @@ impl Core {
     pub fn adopt(&mut self, dead: &[String], now_ms: u64) {
         // Written once at start: a state recovered from the runtime is on disk at once.
         self.dirty = true;
+        self.effects.push(Effect::CollectBuilds {
+            cap: crate::gc::DEFAULT_CAP,
+        });
         let interrupted: Vec<String> = self
             .state
             .services
@@ -421,7 +437,7 @@ impl Core {
                 deploy,
                 record,
                 end,
-            } => self.deploy_ended(&service, deploy, record, end),
+            } => self.deploy_ended(&service, deploy, record, end, now_ms),
             Event::Drained {
                 service,
                 version,
@@ -442,6 +458,7 @@ impl Core {
             Event::Redeploy { service, reply } => {
                 let _ = reply.send(self.redeploy(&service));
             }
+            Event::BuildCache(summary) => self.world.build_cache = Some(summary),
         }
     }
 
@@ -528,6 +545,7 @@ impl Core {
             env_errors: self.world.env_errors.clone(),
             unreachable,
             deploying: self.world.deploys.keys().cloned().collect(),
+            build_cache: self.world.build_cache.clone(),
         }
     }
 
@@ -574,14 +592,18 @@ impl Core {
             self.state.all_containers().map(|c| c.ip).collect();
         let mut out = Vec::new();
         for _ in 0..count {
+            let capacity = net.capacity();
             let start = self.state.last_host.max(1);
-            // Hosts .2 to .254 in turn, after the last one handed out: a freed address is
+            // Hosts .2 upwards in turn, after the last one handed out: a freed address is
             // reused last, so a stale route never reaches a newer container.
-            let host = (1..=253u16)
-                .map(|i| ((start as u16 + 251 + i) % 253 + 2) as u8)
+            let host = (1..=capacity)
+                .map(|i| {
+                    let (start, i, cap) = (u32::from(start), u32::from(i), u32::from(capacity));
+                    ((start + cap - 2 + i) % cap) as u16 + 2
+                })
                 .find(|&n| !used.contains(&net.host(n)))
                 .ok_or_else(|| {
-                    "no free address left on the ship's bridge (253 containers run)".to_string()
+                    format!("no free address left on the ship's bridge ({capacity} containers run)")
                 })?;
             let names = self.names.clone();
             let logs = self.layout.service_logs(service);
@@ -667,6 +689,8 @@ impl Core {
             let old = plan::complete_switch(svc, now_ms);
             svc.failed_key = None;
             svc.last_error = None;
+            svc.transient_failures = 0;
+            svc.retry_at_ms = 0;
             wait.record
                 .steps
                 .push(("switch".into(), now_ms.saturating_sub(wait.asked_at_ms)));
@@ -679,6 +703,9 @@ impl Core {
                     .insert(old, (wait.service.clone(), started));
             }
             self.world.deploys.remove(&wait.service);
+            self.effects.push(Effect::CollectBuilds {
+                cap: crate::gc::DEFAULT_CAP,
+            });
             info!(service = %wait.service, deploy = wait.deploy, "serving");
             self.effects.push(Effect::Note {
                 service: wait.service,
@@ -695,6 +722,7 @@ impl Core {
         deploy: u64,
         mut record: DeployRecord,
         end: DeployEnd,
+        now_ms: u64,
     ) {
         if self
             .world
@@ -720,6 +748,21 @@ impl Core {
                     "deploy stopped: superseded by a newer version".to_string(),
                 )
             }
+            DeployEnd::Transient(e) => {
+                svc.transient_failures += 1;
+                let wait = plan::restart_delay(svc.transient_failures);
+                svc.retry_at_ms = now_ms + wait.as_millis() as u64;
+                record.outcome = format!("failed at {step}, retrying in {wait:?}: {e}");
+                svc.last_error = Some(format!(
+                    "deploy of {} failed at {step} (the ship's situation, not the version: retrying in {wait:?}): {e}",
+                    short(&record.app_commit)
+                ));
+                warn!(service, version = %record.key, "deploy failed for a reason of the ship's; retrying in {wait:?}: {e}");
+                (
+                    Kind::Ship,
+                    format!("deploy failed, retrying in {wait:?}: {e}"),
+                )
+            }
             DeployEnd::Failed(e) => {
                 record.outcome = format!("failed at {step}: {e}");
                 svc.failed_key = Some(record.key.clone());
@@ -736,6 +779,9 @@ impl Core {
                 (kind, format!("deploy failed: {e}"))
             }
         };
+        if !matches!(end, DeployEnd::Transient(_)) {
+            svc.transient_failures = 0;
+        }
         push_record(svc, record);
         self.effects.push(Effect::Note {
             service: service.to_string(),

@@ -109,6 +109,7 @@ pub(crate) async fn run(
     let mut cancels: HashMap<u64, CancellationToken> = HashMap::new();
     let mut forwarding = Arc::new(Forwarding::default());
     let mut wake: Option<u64> = Some(now_ms());
+    let collecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let sleep = wake.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
         tokio::select! {
@@ -165,6 +166,19 @@ pub(crate) async fn run(
                         let log = ctx.layout.service_logs(&service).join("build.log");
                         ctx.telemetry.forget_service(&service, &log);
                     });
+                }
+                core::Effect::CollectBuilds { cap } => {
+                    // One collection at a time; a request meanwhile is covered by the next one.
+                    if !collecting.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let (ctx, tx, state) = (ctx.clone(), tx.clone(), core.state().clone());
+                        let collecting = collecting.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let summary =
+                                crate::gc::collect(&ctx.layout.builds(), &state, cap, now_ms());
+                            collecting.store(false, std::sync::atomic::Ordering::SeqCst);
+                            tx.send(Event::BuildCache(summary));
+                        });
+                    }
                 }
                 core::Effect::Forward(settings) => {
                     forwarding = Arc::new(reforward(&ctx, &forwarding, &settings));

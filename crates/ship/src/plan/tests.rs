@@ -135,6 +135,7 @@ fn version(id: u64, want: &DesiredVersion, n: usize, service: &str) -> Version {
         healthy_at_ms: NOW - 1000,
         drain_timeout_ms: 30_000,
         draining_since_ms: None,
+        layer: None,
     }
 }
 
@@ -685,4 +686,18 @@ fn a_lost_state_is_rebuilt_from_the_labels_of_what_runs() {
     assert_eq!(svc.draining[0].draining_since_ms, Some(NOW));
     assert_eq!(state.next_seq, 0x1d, "new containers never reuse a name");
     assert_ne!(current.id, svc.draining[0].id);
+}
+
+#[test]
+fn a_deploy_that_failed_for_the_ships_reasons_is_retried_after_its_back_off() {
+    let mut w = World::new().ordered("echo", "c1");
+    w.svc("echo").retry_at_ms = NOW + 4000;
+    let p = w.plan();
+    assert_eq!(deploys(&p), vec![], "waits");
+    assert_eq!(p.wake_at_ms, Some(NOW + 4000));
+    w.now = NOW + 4000;
+    assert_eq!(
+        deploys(&w.plan()),
+        vec![("echo".into(), Reason::New, false)]
+    );
 }

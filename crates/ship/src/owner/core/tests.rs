@@ -113,6 +113,7 @@ fn deploy_to_switch(c: &mut Core, job: &DeployJob, now: u64) -> bool {
         healthy_at_ms: now,
         drain_timeout_ms: 30_000,
         draining_since_ms: None,
+        layer: None,
     };
     let (tx, mut rx) = oneshot::channel();
     c.handle(
@@ -133,6 +134,7 @@ fn record(job: &DeployJob) -> DeployRecord {
         key: job.version.key.clone(),
         app_commit: job.version.app_commit.clone(),
         version_label: "v".into(),
+        layer: None,
         started_at_ms: T0,
         steps: vec![("fetch".into(), 1), ("build".into(), 2)],
         outcome: "in progress".into(),
@@ -323,6 +325,7 @@ fn a_superseded_deploy_is_cancelled_refused_its_switch_and_cleaned_up() {
                 healthy_at_ms: T0,
                 drain_timeout_ms: 0,
                 draining_since_ms: None,
+                layer: None,
             }),
             record: record(&first),
             reply: tx,
@@ -565,4 +568,64 @@ fn a_switch_a_killed_ship_left_is_finished_and_its_dead_are_restarted() {
     assert!(effects.iter().any(
         |e| matches!(e, Effect::Stop { container, .. } if container.id == "sp-abc123-99-echo")
     ));
+}
+
+#[test]
+fn a_failure_of_the_ships_own_is_retried_not_held_against_the_version() {
+    let mut c = following();
+    c.settle(T0);
+    let job = deploys(&c.take_effects()).remove(0);
+    let mut rec = record(&job);
+    rec.steps.push(("start".into(), 1));
+    c.handle(
+        Event::DeployEnded {
+            service: "echo".into(),
+            deploy: job.deploy,
+            record: rec,
+            end: DeployEnd::Transient("no free address left on the ship's bridge".into()),
+        },
+        T0,
+    );
+    let wake = c.settle(T0);
+    let svc = &c.state().services["echo"];
+    assert_eq!(svc.failed_key, None, "the version is not held as failed");
+    assert_eq!(wake, Some(T0 + 1000));
+    assert!(deploys(&c.take_effects()).is_empty());
+    c.settle(T0 + 1000);
+    assert_eq!(deploys(&c.take_effects()).len(), 1, "tried again");
+}
+
+#[test]
+fn addresses_go_round_and_run_out_with_a_clear_error() {
+    let mut c = following();
+    let net = Names::new("abc123").net();
+    let mut seen = BTreeSet::new();
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(
+        Event::Allocate {
+            service: "echo".into(),
+            deploy: 1,
+            count: u32::from(net.capacity()),
+            reply: tx,
+        },
+        T0,
+    );
+    persisted(&mut c, Ok(()));
+    for r in rx.try_recv().unwrap().unwrap() {
+        assert!(seen.insert(r.ip), "{} handed out twice", r.ip);
+        assert_ne!(r.ip, net.gateway());
+    }
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(
+        Event::Allocate {
+            service: "echo".into(),
+            deploy: 1,
+            count: 1,
+            reply: tx,
+        },
+        T0,
+    );
+    persisted(&mut c, Ok(()));
+    let err = rx.try_recv().unwrap().unwrap_err();
+    assert!(err.contains("no free address left"), "{err}");
 }
