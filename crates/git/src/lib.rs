@@ -344,6 +344,7 @@ impl Git {
 
     /// Makes sure the bare mirror at `dir` holds `commit` of `url`, cloning or fetching as needed.
     pub fn fetch_commit(&self, url: &str, dir: &Path, commit: &str) -> Result<()> {
+        remove_stale_locks(dir);
         if !dir.join("HEAD").exists() {
             if let Some(parent) = dir.parent() {
                 create_dir_all(parent)?;
@@ -361,6 +362,8 @@ impl Git {
             Kind::Fetch,
             Some(dir),
             [
+                "-c",
+                ATOMIC_FETCH,
                 "fetch",
                 "--quiet",
                 "--prune",
@@ -374,7 +377,11 @@ impl Git {
             return Ok(());
         }
         // Not on any branch or tag: ask for the commit itself (servers that allow it).
-        self.run(Kind::Fetch, Some(dir), ["fetch", "--quiet", url, commit])?;
+        self.run(
+            Kind::Fetch,
+            Some(dir),
+            ["-c", ATOMIC_FETCH, "fetch", "--quiet", url, commit],
+        )?;
         Ok(())
     }
 
@@ -429,6 +436,8 @@ impl Git {
 
     /// Brings the working checkout at `dir` to exactly `commit` of `url` (used for HQ).
     pub fn checkout(&self, url: &str, dir: &Path, commit: &str) -> Result<()> {
+        // A run cut short (a full disk, a kill) leaves lock files that fail every later one.
+        remove_stale_locks(&dir.join(".git"));
         if !dir.join(".git").exists() {
             create_dir_all(dir)?;
             self.run(Kind::Local, Some(dir), ["init", "--quiet"])?;
@@ -438,6 +447,8 @@ impl Git {
                 Kind::Fetch,
                 Some(dir),
                 [
+                    "-c",
+                    ATOMIC_FETCH,
                     "fetch",
                     "--quiet",
                     "--force",
@@ -446,14 +457,33 @@ impl Git {
                 ],
             )?;
             if !self.contains(dir, commit)? {
-                self.run(Kind::Fetch, Some(dir), ["fetch", "--quiet", url, commit])?;
+                self.run(
+                    Kind::Fetch,
+                    Some(dir),
+                    ["-c", ATOMIC_FETCH, "fetch", "--quiet", url, commit],
+                )?;
             }
         }
-        self.run(
-            Kind::Local,
-            Some(dir),
-            ["reset", "--quiet", "--hard", commit],
-        )?;
+        let reset = ["reset", "--quiet", "--hard", commit];
+        if self.run(Kind::Local, Some(dir), reset).is_err() {
+            // Objects a git before this one wrote halfway (loose, so not all or nothing):
+            // fetch everything again, then check out.
+            self.run(
+                Kind::Fetch,
+                Some(dir),
+                [
+                    "-c",
+                    ATOMIC_FETCH,
+                    "fetch",
+                    "--quiet",
+                    "--refetch",
+                    "--force",
+                    url,
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ],
+            )?;
+            self.run(Kind::Local, Some(dir), reset)?;
+        }
         self.run(Kind::Local, Some(dir), ["clean", "--quiet", "-fdx"])?;
         Ok(())
     }
@@ -465,6 +495,30 @@ impl Git {
             .ok()?;
         Some(String::from_utf8_lossy(&out).trim().to_string())
     }
+}
+
+/// Fetched objects are kept as one pack, written all or nothing: a fetch cut short (a full
+/// disk, a timeout) leaves no half set of loose objects that looks complete.
+const ATOMIC_FETCH: &str = "fetch.unpackLimit=1";
+
+/// Removes the lock files git leaves when it is interrupted, under `git_dir`. Only for
+/// repositories this process alone writes (the ship serialises its git work per repository).
+pub fn remove_stale_locks(git_dir: &Path) {
+    fn walk(dir: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && depth < 6 && e.file_name() != "objects" {
+                walk(&path, depth + 1);
+            } else if kind.is_file() && path.extension().is_some_and(|x| x == "lock") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    walk(git_dir, 0);
 }
 
 fn create_dir_all(dir: &Path) -> Result<()> {
@@ -574,6 +628,51 @@ mod tests {
             .to_string();
         assert!(err.contains("no-such-mirror"), "{err}");
         assert!(!err.contains("install"), "{err}");
+    }
+
+    #[test]
+    fn a_checkout_cut_short_is_finished_by_the_next_one() {
+        let (tmp, first, second) = repo_with_commits();
+        let url = format!("file://{}", tmp.path().join("src").display());
+        let g = Git::default();
+        let hq = tmp.path().join("hq");
+        g.checkout(&url, &hq, &first).unwrap();
+        // What a git killed (or out of disk) halfway through leaves behind.
+        std::fs::write(hq.join(".git/index.lock"), "").unwrap();
+        std::fs::write(hq.join(".git/HEAD.lock"), "").unwrap();
+        g.checkout(&url, &hq, &second).unwrap();
+        assert_eq!(g.head(&hq).unwrap(), second);
+        assert!(!hq.join(".git/index.lock").exists());
+    }
+
+    #[test]
+    fn a_commit_whose_objects_were_half_written_is_fetched_again() {
+        let (tmp, _, second) = repo_with_commits();
+        let url = format!("file://{}", tmp.path().join("src").display());
+        let g = Git::default();
+        let hq = tmp.path().join("hq");
+        std::fs::create_dir_all(&hq).unwrap();
+        // A plain fetch (loose objects), then the second commit's tree lost, as a full disk
+        // would leave it: the commit is there, its tree is not.
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .current_dir(&hq)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        git(&["init", "--quiet"]);
+        git(&[
+            "fetch",
+            "--quiet",
+            &url,
+            "+refs/heads/*:refs/remotes/origin/*",
+        ]);
+        let tree = git(&["rev-parse", &format!("{second}^{{tree}}")]);
+        std::fs::remove_file(hq.join(".git/objects").join(&tree[..2]).join(&tree[2..])).unwrap();
+        g.checkout(&url, &hq, &second).unwrap();
+        assert_eq!(g.head(&hq).unwrap(), second);
     }
 
     #[test]

@@ -181,6 +181,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, owner: OwnerTx, job: DeployJob, cancel: C
         Err(DeployError::Superseded) => DeployEnd::Superseded,
         Err(DeployError::ShipStopping) => return,
         Err(e) if e.is_transient() => DeployEnd::Transient(e.to_string()),
+        // Tools (runc, git) that fail on a full disk do not always say why: a full state dir
+        // makes any failure the ship's, not the version's.
+        Err(e) if crate::selfcheck::disk_nearly_full(ctx.layout.root()) => {
+            DeployEnd::Transient(format!("{e} (the state dir's disk is full)"))
+        }
         Err(e) => DeployEnd::Failed(e.to_string()),
     };
     owner.send(Event::DeployEnded {

@@ -73,6 +73,24 @@ pub(crate) fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Below this much free space the state dir's disk counts as full.
+pub(crate) const DISK_LOW: u64 = 1 << 20;
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills a struct we own from a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether the filesystem holding `dir` is (nearly) full.
+pub(crate) fn disk_nearly_full(dir: &Path) -> bool {
+    free_bytes(dir).is_some_and(|f| f < DISK_LOW)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

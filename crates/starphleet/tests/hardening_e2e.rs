@@ -440,3 +440,148 @@ fn a_flood_of_idle_connections_leaves_admin_and_proxy_accepting() {
     );
     let _ = std::io::stdout().flush();
 }
+
+/// A tmpfs mounted on a ship's (not yet created) state dir; unmounted when dropped, after the
+/// ship (declare it first).
+struct StateDisk {
+    dir: std::path::PathBuf,
+}
+
+impl StateDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> StateDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        StateDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Fills every byte left with one file; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        for _ in 0..64 {
+            let _ = f.write_all(&[0u8; 512]);
+        }
+        path
+    }
+}
+
+impl Drop for StateDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+const CHATTY: &str = r#"import sys, time
+line = "x" * 1000
+for i in range(25000):
+    print("flood", i, line)
+sys.stdout.flush()
+n = 0
+while True:
+    n += 1
+    print("tick", n, flush=True)
+    time.sleep(0.2)
+"#;
+
+#[test]
+#[ignore = "root tier (network namespaces, runc, mounts): run by scripts/test"]
+fn a_full_state_disk_drops_logs_keeps_services_and_recovers_when_space_returns() {
+    let tmp = tempfile::Builder::new().prefix("spdisk").tempdir().unwrap();
+    let disk = StateDisk::mount(&tmp.path().join("state"), "20m");
+    let mut ship = TestShip::new();
+    ship.state = disk.dir.clone();
+    let app = greeter_repo(&ship.path("greeter"));
+    let chatty = Repo::new(ship.path("chatty"));
+    chatty
+        .write("chatty.py", CHATTY)
+        .write("Starphleet", "start /usr/bin/python3 chatty.py\n")
+        .commit("chatty");
+    ship.hq
+        .write("calm.orders", &greeter_order(&app, "calm-", ""))
+        .commit("calm");
+    ship.start();
+    ship.wait_for_body(80, "/calm/x", "calm-x", DEPLOY);
+    ship.hq
+        .write("chatty.orders", &format!("autodeploy {}\n", chatty.url()))
+        .commit("chatty");
+
+    // The chatty service floods 25 MB into a 20 MiB state dir; then the test takes what is left.
+    wait_until(
+        "the chatty service's output is dropped and counted",
+        DEPLOY,
+        || {
+            let st = ship.status_json();
+            st["logs"]["dropped_records"].as_u64().unwrap_or(0) > 0
+                || std::fs::read_dir(ship.state.join("logs/chatty"))
+                    .map(|d| {
+                        d.flatten().any(|e| {
+                            std::fs::read_to_string(e.path())
+                                .is_ok_and(|t| t.contains("were dropped"))
+                        })
+                    })
+                    .unwrap_or(false)
+        },
+        || ship.log(),
+    );
+    let filler = disk.fill();
+    // An HQ change now cannot be checked out…
+    ship.hq
+        .write("later.orders", &greeter_order(&app, "later-", ""))
+        .commit("later");
+    wait_until(
+        "status reports the full disk",
+        Duration::from_secs(20),
+        || {
+            ship.status_json()["errors"]
+                .to_string()
+                .contains("nearly full")
+        },
+        || ship.status_json().to_string(),
+    );
+    // …and meanwhile the other service answers and the chatty one keeps running.
+    for _ in 0..5 {
+        assert_eq!(
+            ship.get(80, "/calm/x").unwrap(),
+            (200, "calm-x".to_string())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let chatty_svc = service(&ship, "chatty");
+    assert_eq!(chatty_svc["state"], "serving", "{chatty_svc}");
+    assert_eq!(chatty_svc["restarts"], 0, "{chatty_svc}");
+
+    // Space returns: logging resumes and the HQ commit is loaded without a new one.
+    std::fs::remove_file(filler).unwrap();
+    ship.wait_for_body(80, "/later/x", "later-x", DEPLOY);
+    wait_until(
+        "new ticks are logged again",
+        Duration::from_secs(20),
+        || {
+            let out = ship.cli(&["logs", "chatty", "--since", "3s", "--grep", "tick"]);
+            String::from_utf8_lossy(&out.stdout).contains("tick")
+        },
+        || ship.log(),
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ship.state.join("state.json")).unwrap()).unwrap();
+    assert!(state["services"]["chatty"].is_object(), "state.json intact");
+    ship.down();
+    drop(ship);
+    drop(disk);
+}

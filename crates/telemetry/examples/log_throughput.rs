@@ -38,6 +38,7 @@ fn run(lines: u64, width: u64) -> Result<()> {
         segment_bytes: 8 << 20,
         service_bytes: 8 << 30,
         total_bytes: 8 << 30,
+        keep_free_bytes: None,
     };
     let store = LogStore::open(&dir.path().join("store"), limits)?;
     let source = dir.path().join("c1.stdout.log");

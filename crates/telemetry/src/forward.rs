@@ -313,9 +313,25 @@ struct Shared {
 struct Queue {
     records: VecDeque<Record>,
     bytes: usize,
+    /// How often the queue was emptied because newer records were lost.
+    clears: u64,
 }
 
 impl Queue {
+    /// Drops everything queued (newer records were lost); returns how many.
+    fn clear(&mut self) -> u64 {
+        let n = self.records.len() as u64;
+        self.records.clear();
+        self.bytes = 0;
+        self.clears += 1;
+        n
+    }
+
+    /// Whether the queue was emptied since `clears` was read.
+    fn cleared_since(&self, clears: u64) -> bool {
+        self.clears != clears
+    }
+
     fn push_back(&mut self, r: Record) {
         self.bytes += size(&r);
         self.records.push_back(r);
@@ -375,7 +391,9 @@ async fn read_live(mut live: broadcast::Receiver<Record>, shared: Arc<Shared>) {
             for taken in 1.. {
                 match next {
                     Ok(r) => queue.push_back(r),
-                    Err(RecvError::Lagged(n)) => dropped += n,
+                    // Records newer than the queued ones were lost: drop the queued ones too,
+                    // so what is kept stays one unbroken run of the newest records.
+                    Err(RecvError::Lagged(n)) => dropped += n + queue.clear(),
                     Err(RecvError::Closed) => closed = true,
                 }
                 if closed || taken == BATCH_RECORDS {
@@ -401,9 +419,10 @@ async fn read_live(mut live: broadcast::Receiver<Record>, shared: Arc<Shared>) {
     }
 }
 
-/// Waits for queued records (and up to `linger` for a full batch); `None` once the store is
-/// gone and everything was taken.
-async fn next_batch(shared: &Shared, linger: Duration) -> Option<Vec<Record>> {
+/// Waits for queued records (and up to `linger` for a full batch), with how often the queue
+/// had been cleared when they were taken; `None` once the store is gone and everything was
+/// taken.
+async fn next_batch(shared: &Shared, linger: Duration) -> Option<(Vec<Record>, u64)> {
     loop {
         if !lock(&shared.queue).records.is_empty() {
             break;
@@ -420,13 +439,14 @@ async fn next_batch(shared: &Shared, linger: Duration) -> Option<Vec<Record>> {
             && timeout_at(deadline, shared.wake.notified()).await.is_ok()
         {}
     }
-    Some(lock(&shared.queue).take(BATCH_RECORDS))
+    let mut queue = lock(&shared.queue);
+    Some((queue.take(BATCH_RECORDS), queue.clears))
 }
 
 /// Sends queued batches, retrying failures with back-off, until the store is gone.
 async fn send_queued(mut sink: Sink, shared: Arc<Shared>, name: String) {
     let mut backoff = BACKOFF_MIN;
-    while let Some(batch) = next_batch(&shared, sink.linger()).await {
+    while let Some((batch, taken_at)) = next_batch(&shared, sink.linger()).await {
         let n = batch.len() as u64;
         let result = sink.send(&batch).await;
         let reached = !matches!(result, Err(SendError::Retry(_)));
@@ -465,8 +485,13 @@ async fn send_queued(mut sink: Sink, shared: Arc<Shared>, name: String) {
                 *lock(&shared.last_error) = Some(msg);
                 let dropped = {
                     let mut queue = lock(&shared.queue);
-                    queue.push_front(batch);
-                    queue.trim()
+                    if queue.cleared_since(taken_at) {
+                        // Newer records were lost meanwhile: putting these back would leave a gap.
+                        n
+                    } else {
+                        queue.push_front(batch);
+                        queue.trim()
+                    }
                 };
                 shared.dropped.fetch_add(dropped, Ordering::Relaxed);
                 sleep(backoff).await;
@@ -799,4 +824,52 @@ fn chain(e: &dyn StdError) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kind, RecordMeta};
+
+    fn numbered(n: u64) -> Record {
+        let meta = RecordMeta {
+            ship: "s".into(),
+            service: "echo".into(),
+            version: "v".into(),
+            container: "c".into(),
+            kind: Kind::App,
+            stream: "stdout".into(),
+        };
+        Record::now(&meta, n.to_string())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reader_that_falls_behind_keeps_one_unbroken_run_of_the_newest() {
+        let (tx, rx) = broadcast::channel(4);
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(read_live(rx, shared.clone()));
+        for i in 0..3 {
+            tx.send(numbered(i)).unwrap();
+        }
+        tokio::task::yield_now().await;
+        // Sent faster than it reads: the channel keeps only the newest.
+        for i in 3..20 {
+            tx.send(numbered(i)).unwrap();
+        }
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let kept: Vec<u64> = lock(&shared.queue)
+            .records
+            .iter()
+            .map(|r| r.line.parse().unwrap())
+            .collect();
+        assert_eq!(
+            kept,
+            [16, 17, 18, 19],
+            "no older record left before the gap"
+        );
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 16);
+        reader.abort();
+    }
 }

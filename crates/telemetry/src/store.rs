@@ -132,6 +132,10 @@ pub struct Limits {
     pub service_bytes: u64,
     /// Oldest segments of any service are deleted to keep the store under this (default 1 GiB).
     pub total_bytes: u64,
+    /// Oldest segments are deleted while the store's filesystem has less free than this, so
+    /// logs never take the last of a disk the ship needs for state, builds and git (default
+    /// `None`: 10 % of the filesystem, at most 64 MiB).
+    pub keep_free_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -140,8 +144,24 @@ impl Default for Limits {
             segment_bytes: 8 << 20,
             service_bytes: 64 << 20,
             total_bytes: 1 << 30,
+            keep_free_bytes: None,
         }
     }
+}
+
+/// How often the free space of the store's filesystem is looked at, at most.
+const FREE_CHECK_EVERY_NS: u64 = 200_000_000;
+
+/// (free bytes for unprivileged writers, total bytes) of the filesystem holding `dir`.
+fn fs_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills a struct we own from a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| {
+        let unit = st.f_frsize as u64;
+        (st.f_bavail as u64 * unit, st.f_blocks as u64 * unit)
+    })
 }
 
 /// Which records a query returns; every field narrows it, `Default` matches everything.
@@ -199,6 +219,10 @@ pub struct StoreStats {
     /// succeeds).
     #[serde(default)]
     pub disk_full: bool,
+    /// The filesystem had less free space than the store keeps free at the last look, so old
+    /// records were deleted to make room.
+    #[serde(default)]
+    pub space_low: bool,
 }
 
 /// The append-only, size-capped, per-service log store. Cheap to clone (shared); a directory
@@ -220,6 +244,12 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     dropped_records: AtomicU64,
     disk_full: AtomicBool,
+    /// When the filesystem's free space was last looked at (ns).
+    free_checked_ns: AtomicU64,
+    /// Bytes written since then.
+    written_since_check: AtomicU64,
+    /// The last look found less free space than the store keeps free.
+    space_low: AtomicBool,
     live: broadcast::Sender<Record>,
     /// Where each source's last stored line ended, found in the active segments at open.
     recovered: Mutex<HashMap<SourceKey, Mark>>,
@@ -374,15 +404,19 @@ impl LogStore {
     pub fn open(dir: &Path, limits: Limits) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let dir_lock = DirLock::take(dir)?;
-        let limits = Limits {
-            // A segment must fit at least twice in the service cap, and a service in the total.
-            service_bytes: limits.service_bytes.min(limits.total_bytes),
-            segment_bytes: limits
-                .segment_bytes
-                .min(limits.service_bytes.min(limits.total_bytes) / 2)
-                .max(1),
-            total_bytes: limits.total_bytes,
-        };
+        let limits =
+            Limits {
+                // A segment must fit at least twice in the service cap, and a service in the total.
+                service_bytes: limits.service_bytes.min(limits.total_bytes),
+                segment_bytes: limits
+                    .segment_bytes
+                    .min(limits.service_bytes.min(limits.total_bytes) / 2)
+                    .max(1),
+                total_bytes: limits.total_bytes,
+                keep_free_bytes: Some(limits.keep_free_bytes.unwrap_or_else(|| {
+                    fs_space(dir).map_or(0, |(_, size)| (size / 10).min(64 << 20))
+                })),
+            };
         let mut services = HashMap::new();
         let mut recovered = HashMap::new();
         let mut max_id = 0;
@@ -418,6 +452,9 @@ impl LogStore {
                 last_error: Mutex::new(None),
                 dropped_records: AtomicU64::new(0),
                 disk_full: AtomicBool::new(false),
+                free_checked_ns: AtomicU64::new(0),
+                written_since_check: AtomicU64::new(0),
+                space_low: AtomicBool::new(false),
                 live: broadcast::channel(LIVE_CAPACITY).0,
                 recovered: Mutex::new(recovered),
                 _lock: dir_lock,
@@ -508,6 +545,7 @@ impl LogStore {
             last_error: lock(&self.inner.last_error).clone(),
             dropped_records: self.inner.dropped_records.load(Ordering::Relaxed),
             disk_full: self.inner.disk_full.load(Ordering::Relaxed),
+            space_low: self.inner.space_low.load(Ordering::Relaxed),
         }
     }
 
@@ -714,13 +752,44 @@ impl LogStore {
             .clone())
     }
 
-    /// Deletes the store's oldest segments until `incoming` more bytes fit the total cap.
+    /// Deletes the store's oldest segments until `incoming` more bytes fit the total cap, and
+    /// while the filesystem has less free space than the store keeps free.
     fn make_room(&self, incoming: u64) {
         while self.inner.total.load(Ordering::Relaxed) + incoming > self.inner.limits.total_bytes {
             if !self.evict_oldest() {
                 break;
             }
         }
+        let keep = self.inner.limits.keep_free_bytes.unwrap_or(0);
+        if keep == 0 {
+            return;
+        }
+        // Looked at every 200 ms, and whenever a quarter of the reserve was written since.
+        let written = self
+            .inner
+            .written_since_check
+            .fetch_add(incoming, Ordering::Relaxed)
+            + incoming;
+        let now = crate::now_ns();
+        let last = self.inner.free_checked_ns.load(Ordering::Relaxed);
+        if (now.saturating_sub(last) < FREE_CHECK_EVERY_NS && written < keep / 4)
+            || self
+                .inner
+                .free_checked_ns
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.inner.written_since_check.store(0, Ordering::Relaxed);
+        let mut low = false;
+        while fs_space(&self.inner.dir).is_some_and(|(free, _)| free < keep + incoming) {
+            low = true;
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        self.inner.space_low.store(low, Ordering::Relaxed);
     }
 
     /// Deletes the oldest segment of the whole store (locking one service at a time);

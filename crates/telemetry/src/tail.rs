@@ -455,8 +455,9 @@ impl Tailer {
             Ok(()) => {}
             Err(e) if e.is_disk_full() => {
                 // Dropped and counted by the store: move on, or the same lines would be
-                // retried for as long as the disk stays full. Nothing is freed from the
-                // source (no position was saved past these lines).
+                // retried for as long as the disk stays full. Their bytes are freed from the
+                // source too, or the source would keep the disk full for good (a collector
+                // restarted before a later save skips the hole: see `skip_holes`).
                 if !self.dropping {
                     tracing::warn!(
                         "log store full: dropping lines of {} until there is room ({e})",
@@ -465,6 +466,7 @@ impl Tailer {
                     self.dropping = true;
                 }
                 (self.offset, self.skip) = (new_offset, skip);
+                self.punch();
                 return Ok(Stored {
                     records: 0,
                     consumed: pos,

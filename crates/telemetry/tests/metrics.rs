@@ -69,6 +69,7 @@ fn sample_scrape(n: usize) -> Scrape {
         last_error: None,
         dropped_records: 7,
         disk_full: true,
+        space_low: true,
     };
     Scrape {
         containers,

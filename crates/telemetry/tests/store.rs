@@ -186,6 +186,7 @@ fn rotation_keeps_each_service_and_the_store_under_their_caps() {
         segment_bytes: 64 << 10,
         service_bytes: 256 << 10,
         total_bytes: 640 << 10,
+        keep_free_bytes: None,
     };
     let store = LogStore::open(dir.path(), limits).unwrap();
     let filler = "x".repeat(200);
@@ -363,6 +364,55 @@ fn assert_whole_lines(dir: &Path) {
 
 #[test]
 #[ignore = "root tier (mounts a tmpfs): run by scripts/test"]
+fn logs_never_take_the_last_of_the_disk() {
+    let disk = Tmpfs::mount("4m");
+    let keep = 1 << 20;
+    let store = LogStore::open(
+        &disk.path().join("store"),
+        Limits {
+            segment_bytes: 256 << 10,
+            keep_free_bytes: Some(keep),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let line = "z".repeat(1000);
+    let free = || {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(disk.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // 10 MB of logs through a 4 MiB disk, in batches of 100 kB.
+    for round in 0..100u64 {
+        let batch: Vec<Record> = (0..100)
+            .map(|i| rec(round * 1000 + i, "chatty", "c1", Kind::App, &line))
+            .collect();
+        store.append(&batch).unwrap();
+        assert!(
+            free() >= keep / 2,
+            "round {round}: the store left only {} bytes free",
+            free()
+        );
+    }
+    let stats = store.stats();
+    assert_eq!(
+        stats.dropped_records, 0,
+        "old logs made room, new ones were all kept"
+    );
+    assert!(!stats.disk_full);
+}
+
+#[test]
+#[ignore = "root tier (mounts a tmpfs): run by scripts/test"]
 fn a_full_disk_is_counted_and_reported_never_fatal() {
     let disk = Tmpfs::mount("1m");
     let store_dir = disk.path().join("store");
@@ -444,7 +494,12 @@ fn a_full_disk_is_counted_and_reported_never_fatal() {
 fn a_disk_that_fills_up_mid_stream_drops_whole_batches_and_recovers() {
     let disk = Tmpfs::mount("2m");
     let store_dir = disk.path().join("store");
-    let store = LogStore::open(&store_dir, Limits::default()).unwrap();
+    // No free-space reserve: this store is the one filling its disk.
+    let limits = Limits {
+        keep_free_bytes: Some(0),
+        ..Limits::default()
+    };
+    let store = LogStore::open(&store_dir, limits).unwrap();
     let line = "z".repeat(200);
     // Small batches until the disk is full: each one either goes in whole or is dropped.
     let (mut sent, mut failed) = (0u64, 0u64);

@@ -96,7 +96,15 @@ pub(crate) async fn live_status(admin: &Admin) -> Status {
         }
     }
     let stats = admin.ctx.telemetry.store.stats();
-    if stats.disk_full {
+    let free = crate::selfcheck::free_bytes(admin.ctx.layout.root());
+    let low = free.filter(|&f| f < crate::selfcheck::DISK_LOW || stats.space_low);
+    if let Some(free) = low {
+        st.errors.push(format!(
+            "the disk of the state dir {} is nearly full ({} KiB free): services keep running, old logs are deleted to make room and deploys wait; free some space",
+            admin.ctx.layout.root().display(),
+            free >> 10
+        ));
+    } else if stats.disk_full {
         st.errors.push(format!(
             "the disk of the state dir {} is full: services keep running, {} log records were dropped so far; free space and logging resumes",
             admin.ctx.layout.root().display(),
