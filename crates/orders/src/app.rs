@@ -1,12 +1,19 @@
 //! The app repository's `Starphleet` file (and the `Procfile` fallback).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostic::{quote, Diagnostic};
-use crate::lex::{parse_pairs, reject_extra, source_lines, Report, SourceLine, Word};
-use crate::order::{check_health_path, unknown_keyword};
+use crate::diagnostic::Diagnostic;
+use crate::lex::{parse_pairs, reject_extra, source_lines, twice, Report, Word};
+use crate::order::{
+    build_timeout, check_health_path, git_source, is_build_timeout, unknown_keyword, GitLine,
+    GitSource,
+};
+use crate::resources::{
+    base_line, base_repeated, resource_line, BaseImage, ResourceLines, Resources,
+};
 
 /// What an app repository says about building and running itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,10 +26,41 @@ pub struct AppSpec {
     pub healthcheck: Option<String>,
     /// `export`/`env` pairs in file order.
     pub env: Vec<(String, String)>,
+    /// `memory`, `cpus`, `pids`: defaults the order's own limits win over, field by field.
+    #[serde(default)]
+    pub resources: Resources,
+    /// `build --timeout`: how long a build may take (the order's wins).
+    #[serde(default)]
+    pub build_timeout: Option<Duration>,
+    /// `buildpack URL[#ref]` lines in file order: classic buildpacks to build with.
+    #[serde(default)]
+    pub buildpacks: Vec<GitSource>,
+    /// `base`: the root filesystem to run on (the order's wins).
+    #[serde(default)]
+    pub base: Option<BaseImage>,
 }
 
 /// Keywords of a `Starphleet` file, in the order the help lists them.
-const KEYWORDS: &[&str] = &["build", "start", "healthcheck", "export", "env"];
+const KEYWORDS: &[&str] = &[
+    "build",
+    "start",
+    "healthcheck",
+    "export",
+    "env",
+    "memory",
+    "cpus",
+    "pids",
+    "buildpack",
+    "base",
+];
+
+/// `buildpack` in a `Starphleet` file.
+const BUILDPACK_LINE: GitLine = GitLine {
+    keyword: "buildpack",
+    verb: "use",
+    example: "e.g. `buildpack https://github.com/heroku/heroku-buildpack-python.git` or \
+              `buildpack https://github.com/heroku/heroku-buildpack-nodejs.git#v250`",
+};
 
 /// Keywords that belong in an order rather than in the app.
 const ORDER_ONLY: &[&str] = &["autodeploy", "publish", "drain", "instances"];
@@ -43,6 +81,9 @@ pub fn parse_app(path: &Path, text: &str) -> Result<AppSpec, Vec<Diagnostic>> {
     let mut spec = AppSpec::default();
     let mut start_line: Option<usize> = None;
     let mut health_line: Option<usize> = None;
+    let mut build_timeout_line: Option<usize> = None;
+    let mut base_first: Option<usize> = None;
+    let mut resource_lines = ResourceLines::default();
     for line in source_lines(text) {
         let Some(lexed) = report.lex(line) else {
             continue;
@@ -53,6 +94,14 @@ pub fn parse_app(path: &Path, text: &str) -> Result<AppSpec, Vec<Diagnostic>> {
         };
         let lower = kw.text.to_lowercase();
         match lower.as_str() {
+            "build" if is_build_timeout(words) => {
+                if let Some(first) = build_timeout_line {
+                    twice(&mut report, line, kw, first);
+                } else {
+                    build_timeout_line = Some(line.number);
+                    spec.build_timeout = build_timeout(&mut report, line, words);
+                }
+            }
             "build" | "start" => {
                 let command = raw_rest(line.text, kw, lexed.comment_byte);
                 if command.is_empty() {
@@ -110,6 +159,23 @@ pub fn parse_app(path: &Path, text: &str) -> Result<AppSpec, Vec<Diagnostic>> {
             "export" | "env" => {
                 parse_pairs(&mut report, line, Some(kw), &words[1..], &mut spec.env)
             }
+            "memory" | "cpus" | "pids" => resource_line(
+                &mut report,
+                line,
+                words,
+                &mut resource_lines,
+                &mut spec.resources,
+            ),
+            "buildpack" => {
+                if let Some(source) = git_source(&mut report, line, words, &BUILDPACK_LINE) {
+                    spec.buildpacks.push(source);
+                }
+            }
+            "base" => {
+                if !base_repeated(&mut report, line, kw, &mut base_first) {
+                    spec.base = base_line(&mut report, line, words);
+                }
+            }
             _ => unknown_keyword(
                 &mut report,
                 line,
@@ -127,18 +193,13 @@ pub fn parse_app(path: &Path, text: &str) -> Result<AppSpec, Vec<Diagnostic>> {
     }
 }
 
-/// Report a keyword that may appear once, given again.
-fn twice(report: &mut Report<'_>, line: SourceLine<'_>, kw: &Word, first: usize) {
-    let lower = kw.text.to_lowercase();
-    report.error(
-        line,
-        kw.span,
-        format!(
-            "{} is given twice; the first is on line {first}",
-            quote(&lower)
-        ),
-        format!("keep one `{lower}` line"),
-    );
+/// The health check path in an app's `healthcheck` file: its first line that is neither
+/// blank nor a `#` comment, trimmed, if that is a path (`/…`, no whitespace); else `None`.
+pub fn parse_healthcheck_file(text: &str) -> Option<String> {
+    let first = source_lines(text)
+        .map(|l| l.text.trim())
+        .find(|t| !t.is_empty() && !t.starts_with('#'))?;
+    check_health_path(first).ok().map(|()| first.to_string())
 }
 
 /// The `web:` command of a Heroku-style `Procfile`, trimmed.

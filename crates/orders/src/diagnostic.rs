@@ -5,9 +5,33 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// How bad a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The file (or the part it describes) cannot be used.
+    #[default]
+    Error,
+    /// Works, but probably not as the operator wants; never blocks a deploy.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    /// `error` or `warning`, as printed after the location.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
 /// A problem found in a file, printed like a compiler error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostic {
+    /// Error or warning; diagnostics serialized before warnings existed are errors.
+    #[serde(default)]
+    pub severity: Severity,
     /// The file, as the user knows it (relative inside HQ, e.g. `team/api.orders`).
     pub path: PathBuf,
     /// 1-based line number.
@@ -35,6 +59,7 @@ impl Diagnostic {
         message: impl Into<String>,
     ) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             path: path.to_path_buf(),
             line: line.max(1),
             column: column.max(1),
@@ -48,6 +73,12 @@ impl Diagnostic {
     /// A problem with the whole file (unreadable, not UTF-8, bad name): `1:1`, no source shown.
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
         Self::at(path, 1, 1, 1, "", message)
+    }
+
+    /// The same diagnostic with another severity, e.g. `Severity::Warning`.
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
     }
 
     /// The same diagnostic with a help line.
@@ -119,10 +150,11 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}: error: {}",
+            "{}:{}:{}: {}: {}",
             self.path.display(),
             self.line,
             self.column,
+            self.severity,
             self.message
         )?;
         let gutter = if self.source_line.is_empty() {
@@ -192,6 +224,24 @@ mod tests {
             "team/api.orders:3:9: error: unknown flag `--privat` for `publish`\n  \
              |\n3 | publish --privat 3000\n  |         ^^^^^^^^\n  = help: did you mean `--private`?"
         );
+    }
+
+    #[test]
+    fn warnings_say_warning() {
+        let d = Diagnostic::file(Path::new("certs/app.test.key"), "a private key is in git")
+            .with_severity(Severity::Warning)
+            .with_help("move it");
+        assert_eq!(
+            d.to_string(),
+            "certs/app.test.key:1:1: warning: a private key is in git\n  = help: move it"
+        );
+        // Diagnostics stored before severities existed read back as errors.
+        let old = r#"{"path":"a","line":1,"column":1,"width":1,"message":"m","help":null,"source_line":""}"#;
+        let d: Diagnostic = serde_json::from_str(old).unwrap();
+        assert_eq!(d.severity, Severity::Error);
+        assert!(serde_json::to_string(&d.with_severity(Severity::Warning))
+            .unwrap()
+            .contains(r#""severity":"warning""#));
     }
 
     #[test]

@@ -4,13 +4,36 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::diagnostic::Diagnostic;
-use crate::lex::{did_you_mean, parse_pairs, source_lines, Report};
+use crate::lex::{did_you_mean, parse_pairs_spanned, source_lines, Report, Span};
 use crate::order::unknown_keyword;
 
 /// Parse `KEY=VALUE` / `export KEY=VALUE` lines (several pairs per line allowed), in file order.
+///
+/// This is the grammar of `.starphleet`, of the ship's env folder and of an app's own
+/// Heroku-style `.env`: values are split like a shell splits words (quote values with
+/// spaces; `#` starts a comment at the start of a word) but never expanded.
 pub fn parse_env_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, Vec<Diagnostic>> {
+    parse_env_entries(path, text).map(|(pairs, _)| pairs)
+}
+
+/// Where a pair of an env file was written: its line number and the span of its value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EnvAt {
+    /// 1-based line.
+    pub line: usize,
+    /// The value on that line.
+    pub span: Span,
+}
+
+/// The pairs of an env file in file order, and where each was written.
+pub(crate) type EnvEntries = (Vec<(String, String)>, Vec<EnvAt>);
+
+/// [`parse_env_file`], with where each pair was written.
+pub(crate) fn parse_env_entries(path: &Path, text: &str) -> Result<EnvEntries, Vec<Diagnostic>> {
     let mut report = Report::new(path);
     let mut out = Vec::new();
+    let mut spans = Vec::new();
+    let mut lines = Vec::new();
     for line in source_lines(text) {
         let Some(lexed) = report.lex(line) else {
             continue;
@@ -22,16 +45,29 @@ pub fn parse_env_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, 
         let is_word = first.split_eq().is_none();
         let lower = first.text.to_lowercase();
         if is_word && (lower == "export" || lower == "env") {
-            parse_pairs(&mut report, line, Some(first), &words[1..], &mut out);
+            parse_pairs_spanned(
+                &mut report,
+                line,
+                Some(first),
+                &words[1..],
+                &mut out,
+                &mut spans,
+            );
         } else if is_word && words.len() > 1 && did_you_mean(&lower, &["export"]).is_some() {
             unknown_keyword(&mut report, line, first, &["export"], (&[], ""));
         } else {
-            parse_pairs(&mut report, line, None, words, &mut out);
+            parse_pairs_spanned(&mut report, line, None, words, &mut out, &mut spans);
         }
+        lines.resize(spans.len(), line.number);
     }
     let diags = report.finish();
     if diags.is_empty() {
-        Ok(out)
+        let at = lines
+            .into_iter()
+            .zip(spans)
+            .map(|(line, span)| EnvAt { line, span })
+            .collect();
+        Ok((out, at))
     } else {
         Err(diags)
     }

@@ -13,14 +13,20 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostic::Diagnostic;
-use crate::env::{parse_env_file, EnvSize, E2BIG_HELP};
+use crate::certs::{covers, file_stem, load_certs, HqCert};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::env::{parse_env_entries, EnvSize, E2BIG_HELP};
 use crate::hq_file::{
     kind_at, open_root, open_subdir, read_text_beneath, Kind, OpenDirError, SYMLINK_MESSAGE,
     WALK_SYMLINK_HELP,
 };
 use crate::lex::{source_lines, split_words, Span};
-use crate::order::{parse_order, public_port_span, words_span, Order, MAX_SERVICE_DEPTH};
+use crate::order::{
+    flag_values, parse_order, public_port_span, route_keys, tls_mismatch_help,
+    tls_mismatch_message, words_span, Order, RouteKey, MAX_SERVICE_DEPTH,
+};
+use crate::phleet::{phleet_settings, PhleetSettings};
+use crate::ships::{parse_ships, ShipEntry, SHIPS_FILE};
 
 /// The phleet-wide settings file at the HQ root.
 pub const SETTINGS_FILE: &str = ".starphleet";
@@ -34,8 +40,22 @@ pub struct Headquarters {
     pub settings: Vec<(String, String)>,
     /// Orders that could not be accepted; they keep their last good version.
     pub broken: Vec<BrokenOrder>,
-    /// Every diagnostic, `.starphleet` first, then orders in path order.
+    /// Every error: `.starphleet`, `ships`, `certs/`, then orders in path order.
     pub errors: Vec<Diagnostic>,
+    /// The valid lines of `ships`, in file order (empty without a `ships` file).
+    #[serde(default)]
+    pub ships: Vec<ShipEntry>,
+    /// The `STARPHLEET_*` settings of `.starphleet`, typed (all defaults when it is
+    /// missing or broken).
+    #[serde(default)]
+    pub phleet: PhleetSettings,
+    /// The complete certificate pairs in `certs/`, sorted by host.
+    #[serde(default)]
+    pub certs: Vec<HqCert>,
+    /// Things that work but are probably not what the operator wants (never in `errors`,
+    /// never blocking anything): keys in git, `--tls` hosts without a known certificate.
+    #[serde(default)]
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// An order file that has errors.
@@ -64,11 +84,31 @@ impl Headquarters {
         out
     }
 
-    /// Whether `.starphleet` has errors: consumers should then keep their last good settings.
+    /// All warnings rendered like [`Headquarters::render_errors`] (empty if none).
+    pub fn render_warnings(&self) -> String {
+        let mut out = self
+            .warnings
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Whether `.starphleet` has errors: consumers should then keep their last good
+    /// settings (`settings` and `phleet`).
     pub fn settings_broken(&self) -> bool {
         self.errors
             .iter()
             .any(|d| d.path == Path::new(SETTINGS_FILE))
+    }
+
+    /// Whether `ships` has errors (`ships` then holds only its valid lines).
+    pub fn ships_broken(&self) -> bool {
+        self.errors.iter().any(|d| d.path == Path::new(SHIPS_FILE))
     }
 }
 
@@ -77,7 +117,7 @@ impl Headquarters {
 const MAX_FOLDER_DEPTH: usize = 16;
 
 /// The names and types in a folder, sorted, without `.` and `..`.
-fn list(dir: &mut Dir) -> Result<Vec<(OsString, Option<Type>)>, Errno> {
+pub(crate) fn list(dir: &mut Dir) -> Result<Vec<(OsString, Option<Type>)>, Errno> {
     let mut entries = Vec::new();
     for entry in dir.iter() {
         let entry = entry?;
@@ -227,18 +267,45 @@ pub fn load_headquarters_with(dir: &Path, opts: &HqOptions) -> Headquarters {
     let settings_rel = Path::new(SETTINGS_FILE);
     match read_text_beneath(root.as_fd(), settings_rel) {
         Ok(None) => {}
-        Ok(Some(text)) => match parse_env_file(settings_rel, &text) {
-            Ok(settings) => match EnvSize::of(&settings).excess() {
+        Ok(Some(text)) => match parse_env_entries(settings_rel, &text) {
+            Ok((settings, at)) => match EnvSize::of(&settings).excess() {
                 Some(excess) => hq.errors.push(
                     Diagnostic::file(settings_rel, excess.message())
                         .with_help(format!("every service gets these variables; {E2BIG_HELP}")),
                 ),
-                None => hq.settings = settings,
+                None => {
+                    let (phleet, diags) = phleet_settings(settings_rel, &text, &settings, &at);
+                    if diags.is_empty() {
+                        hq.settings = settings;
+                        hq.phleet = phleet;
+                    } else {
+                        hq.errors.extend(diags);
+                    }
+                }
             },
             Err(diags) => hq.errors.extend(diags),
         },
         Err(d) => hq.errors.push(d),
     }
+
+    let ships_rel = Path::new(SHIPS_FILE);
+    // A symlink is reported by the walk below, as every symlink in HQ is.
+    if kind_at(root.as_fd(), ships_rel.as_os_str()) != Ok(Kind::Symlink) {
+        match read_text_beneath(root.as_fd(), ships_rel) {
+            Ok(None) => {}
+            Ok(Some(text)) => {
+                let (ships, diags) = parse_ships(ships_rel, &text);
+                hq.ships = ships;
+                hq.errors.extend(diags);
+            }
+            Err(d) => hq.errors.push(d),
+        }
+    }
+
+    let certs = load_certs(root.as_fd());
+    hq.certs = certs.certs;
+    hq.errors.extend(certs.errors);
+    hq.warnings.extend(certs.warnings);
 
     let mut paths = Vec::new();
     // Its own descriptor for listing (fdopendir takes it), with its own read position.
@@ -289,46 +356,85 @@ pub fn load_headquarters_with(dir: &Path, opts: &HqOptions) -> Headquarters {
         })
         .collect();
 
-    // Later orders (by path) lose a clash over public port + URL prefix.
-    let mut claims: HashMap<(u16, String), (PathBuf, usize)> = HashMap::new();
+    // Later orders (by path) lose a clash over public port + host + URL prefix, and over
+    // whether a port speaks TLS.
+    let mut claims: HashMap<RouteKey, (PathBuf, usize)> = HashMap::new();
+    let mut port_tls: HashMap<u16, (bool, PathBuf, usize)> = HashMap::new();
     for item in &mut loaded {
         let Ok(order) = &item.result else {
             continue;
         };
         let mut clashes = Vec::new();
         for p in &order.publish {
-            if let Some((other, other_line)) = claims.get(&(p.public, p.url.clone())) {
-                let text = line_of(&item.text, p.span_line);
-                let span =
-                    split_words(text).map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words));
-                clashes.push(
-                    Diagnostic::at(
-                        &item.path,
-                        p.span_line,
-                        span.col,
-                        span.width,
-                        text,
-                        format!(
-                            "port {} and URL prefix `{}` are already published by {}:{}",
-                            p.public,
-                            p.url,
-                            other.display(),
-                            other_line
-                        ),
-                    )
+            let text = line_of(&item.text, p.span_line);
+            let span =
+                split_words(text).map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words));
+            let at = |message: String| {
+                Diagnostic::at(&item.path, p.span_line, span.col, span.width, text, message)
+            };
+            if let Some((other_tls, other, other_line)) = port_tls.get(&p.public) {
+                if *other_tls != p.tls {
+                    let other = format!("{}:{}", other.display(), other_line);
+                    clashes.push(
+                        at(tls_mismatch_message(p.public, *other_tls, &other))
+                            .with_help(tls_mismatch_help(*other_tls)),
+                    );
+                    continue;
+                }
+            }
+            let clash = route_keys(p)
+                .into_iter()
+                .find_map(|key| claims.get(&key).map(|other| (key, other)));
+            if let Some(((_, host, _), (other, other_line))) = clash {
+                let d = match host {
+                    None => at(format!(
+                        "port {} and URL prefix `{}` are already published by {}:{}",
+                        p.public,
+                        p.url,
+                        other.display(),
+                        other_line
+                    ))
                     .with_help(
                         "two services cannot share a public port and URL prefix; change `--url` \
                          or `--public` in one of the two orders",
                     ),
-                );
+                    Some(host) => at(format!(
+                        "port {}, host `{host}` and URL prefix `{}` are already published by {}:{}",
+                        p.public,
+                        p.url,
+                        other.display(),
+                        other_line
+                    ))
+                    .with_help(
+                        "two services cannot share a public port, host and URL prefix; change \
+                         `--url`, `--host` or `--public` in one of the two orders",
+                    ),
+                };
+                clashes.push(d);
             }
         }
         if clashes.is_empty() {
             for p in &order.publish {
-                claims.insert((p.public, p.url.clone()), (item.path.clone(), p.span_line));
+                for key in route_keys(p) {
+                    claims.insert(key, (item.path.clone(), p.span_line));
+                }
+                port_tls
+                    .entry(p.public)
+                    .or_insert_with(|| (p.tls, item.path.clone(), p.span_line));
             }
         } else {
             item.result = Err(clashes);
+        }
+    }
+
+    // Only when `.starphleet` is good: with it broken, ships keep the ACME setting they had.
+    if !hq.settings_broken() {
+        for item in &loaded {
+            if let Ok(order) = &item.result {
+                hq.warnings.extend(certificate_warnings(
+                    order, &item.text, &hq.certs, &hq.phleet,
+                ));
+            }
         }
     }
 
@@ -347,6 +453,82 @@ pub fn load_headquarters_with(dir: &Path, opts: &HqOptions) -> Headquarters {
     }
     hq.orders.sort_by(|a, b| a.service.cmp(&b.service));
     hq
+}
+
+/// A warning for each `--tls --host` of `order` that no HQ certificate covers and ACME
+/// cannot get: the ship may still have one in its state dir, which `check` cannot see.
+fn certificate_warnings(
+    order: &Order,
+    text: &str,
+    certs: &[HqCert],
+    phleet: &PhleetSettings,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for p in order.publish.iter().filter(|p| p.tls) {
+        let line = line_of(text, p.span_line);
+        let spans = flag_values(line, "--host");
+        for host in &p.hosts {
+            let wildcard = host.starts_with("*.");
+            if certs.iter().any(|c| covers(&c.host, host))
+                || (!wildcard && phleet.acme_email.is_some())
+            {
+                continue;
+            }
+            let span = spans
+                .iter()
+                .find(|v| v.text.eq_ignore_ascii_case(host))
+                .map_or_else(
+                    || {
+                        split_words(line)
+                            .map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words))
+                    },
+                    |v| v.span,
+                );
+            let stem = file_stem(host);
+            let (message, acme) = if wildcard && phleet.acme_email.is_some() {
+                (
+                    format!(
+                        "no certificate for `{host}` in headquarters, and ACME cannot get a \
+                         wildcard certificate (HTTP-01 covers single names only)"
+                    ),
+                    String::new(),
+                )
+            } else if wildcard {
+                (
+                    format!("no certificate for `{host}` in headquarters"),
+                    String::new(),
+                )
+            } else {
+                (
+                    format!(
+                        "no certificate for `{host}` in headquarters, and ACME is off \
+                         (no `STARPHLEET_ACME_EMAIL`)"
+                    ),
+                    "; or set `STARPHLEET_ACME_EMAIL=you@example.com` in `.starphleet` so ships \
+                     get one from ACME (Let's Encrypt unless `STARPHLEET_ACME_DIRECTORY` says \
+                     otherwise)"
+                        .to_string(),
+                )
+            };
+            out.push(
+                Diagnostic::at(
+                    &order.path,
+                    p.span_line,
+                    span.col,
+                    span.width,
+                    line,
+                    message,
+                )
+                .with_severity(Severity::Warning)
+                .with_help(format!(
+                    "fine if every ship has `<state-dir>/certs/{stem}.crt` and `.key` (check \
+                         cannot see them); otherwise put them there, or commit \
+                         `certs/{stem}.crt` and `certs/{stem}.key` to headquarters{acme}"
+                )),
+            );
+        }
+    }
+    out
 }
 
 /// The line `line_no` of `text` (1-based), or empty.

@@ -154,11 +154,10 @@ fn inside_components(rel: &Path) -> Option<Vec<&OsStr>> {
     parts.filter(|p| !p.is_empty())
 }
 
-/// Read `rel` under the HQ root open at `root`; `Ok(None)` if it (or a folder above it) is absent.
-pub(crate) fn read_beneath(
-    root: BorrowedFd<'_>,
-    rel: &Path,
-) -> Result<Option<Vec<u8>>, Diagnostic> {
+/// Open `rel` under the HQ root open at `root` and check it is a regular file of at most
+/// [`MAX_HQ_FILE_BYTES`], without reading it: the file and its size, or `Ok(None)` if it
+/// (or a folder above it) is absent.
+fn open_beneath(root: BorrowedFd<'_>, rel: &Path) -> Result<Option<(File, u64)>, Diagnostic> {
     let Some(parts) = inside_components(rel) else {
         return Err(Diagnostic::file(
             rel,
@@ -221,7 +220,24 @@ pub(crate) fn read_beneath(
     if meta.len() > MAX_HQ_FILE_BYTES {
         return Err(too_big(rel, meta.len(), false));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Ok(Some((file, meta.len())))
+}
+
+/// The size of `rel` under the HQ root open at `root`, checked as [`read_beneath`] would
+/// check it but never read (for private keys); `Ok(None)` if it is absent.
+pub(crate) fn size_beneath(root: BorrowedFd<'_>, rel: &Path) -> Result<Option<u64>, Diagnostic> {
+    Ok(open_beneath(root, rel)?.map(|(_, size)| size))
+}
+
+/// Read `rel` under the HQ root open at `root`; `Ok(None)` if it (or a folder above it) is absent.
+pub(crate) fn read_beneath(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+) -> Result<Option<Vec<u8>>, Diagnostic> {
+    let Some((file, size)) = open_beneath(root, rel)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(size as usize);
     // One byte past the limit tells a file that grew since fstat from one that fits.
     file.take(MAX_HQ_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -330,6 +330,20 @@ pub(crate) fn reject_extra(
     }
 }
 
+/// Report a keyword that may appear once, given again.
+pub(crate) fn twice(report: &mut Report<'_>, line: SourceLine<'_>, kw: &Word, first: usize) {
+    let lower = kw.text.to_lowercase();
+    report.error(
+        line,
+        kw.span,
+        format!(
+            "{} is given twice; the first is on line {first}",
+            quote(&lower)
+        ),
+        format!("keep one `{lower}` line"),
+    );
+}
+
 /// Whether `s` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub(crate) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -347,6 +361,18 @@ pub(crate) fn parse_pairs(
     keyword: Option<&Word>,
     words: &[Word],
     out: &mut Vec<(String, String)>,
+) {
+    parse_pairs_spanned(report, line, keyword, words, out, &mut Vec::new());
+}
+
+/// [`parse_pairs`], also pushing the span of each accepted value to `spans`.
+pub(crate) fn parse_pairs_spanned(
+    report: &mut Report<'_>,
+    line: SourceLine<'_>,
+    keyword: Option<&Word>,
+    words: &[Word],
+    out: &mut Vec<(String, String)>,
+    spans: &mut Vec<Span>,
 ) {
     if words.is_empty() {
         if let Some(kw) = keyword {
@@ -411,6 +437,7 @@ pub(crate) fn parse_pairs(
             );
         } else {
             out.push((name.text, value.text));
+            spans.push(value.span);
         }
     }
 }

@@ -11,9 +11,13 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{quote, Diagnostic};
 use crate::env::{EnvSize, E2BIG_HELP};
 use crate::lex::{
-    did_you_mean, parse_pairs, reject_extra, source_lines, split_words, Part, Report, SourceLine,
-    Span, Word,
+    did_you_mean, parse_pairs, reject_extra, source_lines, split_words, twice, Part, Report,
+    SourceLine, Span, Word,
 };
+use crate::resources::{
+    base_line, base_repeated, resource_line, BaseImage, ResourceLines, Resources,
+};
+use crate::values::{check_host, parse_size, SIZE_HELP};
 
 /// Where an order's app comes from: `autodeploy URL[#ref]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,12 +52,29 @@ impl fmt::Display for GitSource {
 pub struct Publish {
     /// The port the service listens on inside its container (given to it as `$PORT`).
     pub private: u16,
-    /// The port on the ship users connect to (default 80).
+    /// The port on the ship users connect to (default 80, or 443 with `--tls`).
     pub public: u16,
     /// URL prefix on the public port: leading `/`, no trailing `/` except `/` itself.
     pub url: String,
     /// 1-based line of the `publish` in its order file, for diagnostics.
     pub span_line: usize,
+    /// `--host` names, lower case, in file order: exact names or `*.domain` wildcards
+    /// (one label). Empty means any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// `--tls`: the public port speaks TLS (and HTTP/2).
+    #[serde(default)]
+    pub tls: bool,
+    /// With `tls`: plain HTTP on port 80 answers 308 to the `https://` URL for these hosts
+    /// (off with `--no-redirect`). Always false without `tls`.
+    #[serde(default)]
+    pub redirect: bool,
+    /// `--max-body`: the largest request body in bytes; bigger requests get 413.
+    #[serde(default)]
+    pub max_body: Option<u64>,
+    /// `--timeout`: how long the service may take to answer a request; then 504.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 /// One valid `*.orders` file: one service to run.
@@ -79,6 +100,15 @@ pub struct Order {
     pub instances: Option<u32>,
     /// Hex sha256 of the file's bytes: the "order revision".
     pub revision: String,
+    /// `memory`, `cpus`, `pids`: limits that win over the app's, field by field.
+    #[serde(default)]
+    pub resources: Resources,
+    /// `build --timeout`: how long a build may take; wins over the app's.
+    #[serde(default)]
+    pub build_timeout: Option<Duration>,
+    /// `base`: the root filesystem to run on; wins over the app's.
+    #[serde(default)]
+    pub base: Option<BaseImage>,
 }
 
 /// Keywords of an orders file, in the order the help lists them.
@@ -90,13 +120,30 @@ const KEYWORDS: &[&str] = &[
     "healthcheck",
     "drain",
     "instances",
+    "memory",
+    "cpus",
+    "pids",
+    "base",
 ];
 
-/// Keywords that belong in the app's `Starphleet` file rather than in an order.
-const APP_ONLY: &[&str] = &["build", "start"];
+/// Keywords that belong in the app's `Starphleet` file rather than in an order
+/// (`build --timeout` is the one form of `build` an order takes).
+const APP_ONLY: &[&str] = &["build", "start", "buildpack"];
 
 /// Publish flags a typo is matched against.
-const PUBLISH_FLAGS: &[&str] = &["--private", "--public", "--url"];
+const PUBLISH_FLAGS: &[&str] = &[
+    "--private",
+    "--public",
+    "--url",
+    "--host",
+    "--tls",
+    "--no-redirect",
+    "--max-body",
+    "--timeout",
+];
+
+/// Publish flags that take no value.
+const PUBLISH_SWITCHES: &[&str] = &["--tls", "--no-redirect"];
 
 /// Karsten: "wasn't super clear that --port means your service"; every `--private` error says it.
 const PRIVATE_HELP: &str = "`--private` is the port your service listens on inside its container \
@@ -105,13 +152,21 @@ const PUBLIC_HELP: &str = "`--public` is the port users connect to on the ship (
      `--private` is the port your service listens on inside its container (it receives it as $PORT)";
 const PUBLISH_USAGE: &str = "`publish` takes `--private PORT` (required), `--public PORT` \
      (default 80) and `--url /PREFIX` (default /<service>)";
+const PUBLISH_EDGE_USAGE: &str = "`publish` also takes `--host NAME` (repeatable), `--tls`, \
+     `--no-redirect` (with `--tls`), `--max-body SIZE` and `--timeout DURATION`";
+const HOST_HELP: &str = "`--host` limits the route to requests for this host name, e.g. \
+     `--host app.example.com` or `--host '*.example.com'`; repeat it for more names";
+const MAX_BODY_HELP: &str = "`--max-body` is the largest request body the route accepts (bigger \
+     requests get 413), e.g. `--max-body 10m`";
+const PUBLISH_TIMEOUT_HELP: &str = "`--timeout` is how long the service may take to answer a \
+     request before the client gets 504, e.g. `--timeout 30s`";
 const AUTODEPLOY_EXAMPLE: &str = "e.g. `autodeploy https://github.com/wballard/echo.git` \
      or `autodeploy git@host:team/app.git#release-2`";
-const DURATION_HELP: &str =
+pub(crate) const DURATION_HELP: &str =
     "write a whole number with a unit: `500ms`, `30s`, `5m` or `1h` (a bare number means seconds)";
 
 /// Longest duration accepted, so consumers can add it to an `Instant` without overflow.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parse `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -327,21 +382,67 @@ pub(crate) fn words_span(words: &[Word]) -> Span {
     }
 }
 
-/// Where the `--public` value is written on a `publish` line; `None` if it is not (default 80).
-pub(crate) fn public_port_span(line: &str) -> Option<Span> {
-    let words = split_words(line).ok()?.words;
+/// Every value of `flag` (lower case, e.g. `--host`) on a `publish` line, as written.
+pub(crate) fn flag_values(line: &str, flag: &str) -> Vec<Part> {
+    let Ok(lexed) = split_words(line) else {
+        return Vec::new();
+    };
+    let words = lexed.words;
+    let mut out = Vec::new();
     let mut i = 1;
     while i < words.len() {
-        if !words[i].text.starts_with("--") {
+        if !words[i].text.starts_with("--") || is_switch(&words[i], PUBLISH_SWITCHES) {
             i += 1;
             continue;
         }
-        let flag = take_flag(&words, &mut i);
-        if flag.lower == "--public" {
-            return flag.value.map(|v| v.span);
+        let found = take_flag(&words, &mut i);
+        if found.lower == flag {
+            out.extend(found.value);
         }
     }
-    None
+    out
+}
+
+/// Where the `--public` value is written on a `publish` line; `None` if it is not (default 80).
+pub(crate) fn public_port_span(line: &str) -> Option<Span> {
+    flag_values(line, "--public")
+        .into_iter()
+        .next()
+        .map(|v| v.span)
+}
+
+/// Where a publish claims to route: (public port, host or `None` for any, URL prefix).
+pub(crate) type RouteKey = (u16, Option<String>, String);
+
+/// The routes `p` claims: one per host, or one for any host.
+pub(crate) fn route_keys(p: &Publish) -> Vec<RouteKey> {
+    if p.hosts.is_empty() {
+        vec![(p.public, None, p.url.clone())]
+    } else {
+        p.hosts
+            .iter()
+            .map(|h| (p.public, Some(h.clone()), p.url.clone()))
+            .collect()
+    }
+}
+
+/// The error for a port published both with and without `--tls`; `other` says where the first is.
+pub(crate) fn tls_mismatch_message(port: u16, other_tls: bool, other: &str) -> String {
+    if other_tls {
+        format!("port {port} is published with `--tls` by {other}; this `publish` has no `--tls`")
+    } else {
+        format!("port {port} is published without `--tls` by {other}; this `publish` has `--tls`")
+    }
+}
+
+/// How to fix a [`tls_mismatch_message`].
+pub(crate) fn tls_mismatch_help(other_tls: bool) -> &'static str {
+    if other_tls {
+        "a port speaks either TLS or plain HTTP: add `--tls` here, or use another `--public` port"
+    } else {
+        "a port speaks either TLS or plain HTTP: remove `--tls` here, or use another `--public` \
+         port (with `--tls` the default is 443)"
+    }
 }
 
 /// Report an unknown keyword with the best hint we have.
@@ -382,17 +483,23 @@ pub(crate) fn unknown_keyword(
 }
 
 /// A flag word split into its name and value, consuming the next word as the value if needed.
-struct Flag {
+pub(crate) struct Flag {
     /// The flag as written (before any `=`).
-    name: Part,
+    pub name: Part,
     /// Lowercased name for matching.
-    lower: String,
+    pub lower: String,
     /// The value, if one was given and is not empty.
-    value: Option<Part>,
+    pub value: Option<Part>,
+}
+
+/// Whether `w` is one of `switches` (flags without a value), written alone or as `--flag=…`.
+fn is_switch(w: &Word, switches: &[&str]) -> bool {
+    let name = w.text.split('=').next().unwrap_or("").to_lowercase();
+    switches.contains(&name.as_str())
 }
 
 /// Read the flag at `words[*i]` (already known to start with `--`), advancing `*i`.
-fn take_flag(words: &[Word], i: &mut usize) -> Flag {
+pub(crate) fn take_flag(words: &[Word], i: &mut usize) -> Flag {
     let w = &words[*i];
     *i += 1;
     let (name, value) = match w.split_eq() {
@@ -415,6 +522,209 @@ fn take_flag(words: &[Word], i: &mut usize) -> Flag {
     }
 }
 
+/// Parse a duration argument (at most 24h), reporting it if invalid.
+pub(crate) fn duration_arg(
+    report: &mut Report<'_>,
+    line: SourceLine<'_>,
+    value: &Part,
+    what: &str,
+) -> Option<Duration> {
+    match parse_duration(&value.text) {
+        Some(d) if d <= MAX_DURATION => Some(d),
+        Some(_) => {
+            report.error(
+                line,
+                value.span,
+                format!("{} is too long for {what}", quote(&value.text)),
+                "the longest accepted duration is 24h".into(),
+            );
+            None
+        }
+        None => {
+            report.error(
+                line,
+                value.span,
+                format!("invalid duration {} for {what}", quote(&value.text)),
+                DURATION_HELP.into(),
+            );
+            None
+        }
+    }
+}
+
+/// What `build --timeout` means, for help texts.
+const BUILD_TIMEOUT_HELP: &str = "`build --timeout DURATION` sets how long a build may take \
+     before it is stopped and the deploy fails, e.g. `build --timeout 20m` (at most 24h)";
+
+/// Whether a `build` line is `build --timeout …` (a setting) rather than a build command.
+pub(crate) fn is_build_timeout(words: &[Word]) -> bool {
+    words.get(1).is_some_and(|w| {
+        let lower = w.text.to_lowercase();
+        lower == "--timeout" || lower.starts_with("--timeout=")
+    })
+}
+
+/// Parse `build --timeout DURATION` (checked with [`is_build_timeout`]), reporting problems.
+pub(crate) fn build_timeout(
+    report: &mut Report<'_>,
+    line: SourceLine<'_>,
+    words: &[Word],
+) -> Option<Duration> {
+    let mut i = 1;
+    let flag = take_flag(words, &mut i);
+    reject_extra(report, line, words, i, BUILD_TIMEOUT_HELP.into());
+    let Some(value) = flag.value else {
+        report.error(
+            line,
+            flag.name.span,
+            "`--timeout` needs a duration".into(),
+            BUILD_TIMEOUT_HELP.into(),
+        );
+        return None;
+    };
+    match duration_arg(report, line, &value, "`build --timeout`")? {
+        d if d.is_zero() => {
+            report.error(
+                line,
+                value.span,
+                "`build --timeout` must be more than 0".into(),
+                BUILD_TIMEOUT_HELP.into(),
+            );
+            None
+        }
+        d => Some(d),
+    }
+}
+
+/// What a `KEYWORD URL[#ref]` line is for, to word its errors.
+pub(crate) struct GitLine {
+    /// The keyword, e.g. `autodeploy`.
+    pub keyword: &'static str,
+    /// What the ref is for: "deploy" or "use".
+    pub verb: &'static str,
+    /// An example line, for help texts.
+    pub example: &'static str,
+}
+
+/// `autodeploy` in an order.
+const AUTODEPLOY_LINE: GitLine = GitLine {
+    keyword: "autodeploy",
+    verb: "deploy",
+    example: AUTODEPLOY_EXAMPLE,
+};
+
+/// Parse `KEYWORD URL[#ref]` (`words[0]` is the keyword), reporting every problem.
+pub(crate) fn git_source(
+    report: &mut Report<'_>,
+    line: SourceLine<'_>,
+    words: &[Word],
+    what: &GitLine,
+) -> Option<GitSource> {
+    let kw = &words[0];
+    let keyword = what.keyword;
+    let example = what.example;
+    let Some(arg) = words.get(1).filter(|a| !a.text.is_empty()) else {
+        report.error(
+            line,
+            words.get(1).map_or(kw.span, |a| a.span),
+            format!("`{keyword}` needs a git URL"),
+            example.into(),
+        );
+        return None;
+    };
+    if let Some(extra) = words.get(2) {
+        report.error(
+            line,
+            extra.span,
+            format!("unexpected argument {} for `{keyword}`", quote(&extra.text)),
+            format!(
+                "`{keyword}` takes one git URL; to {} a branch, tag or commit write {}",
+                what.verb,
+                quote(&format!("{}#{}", arg.text, extra.text))
+            ),
+        );
+    }
+    let (url, reference) = match arg.text.rfind('#') {
+        None => (arg.part(), None),
+        Some(byte) => {
+            let hash = arg.text[..byte].chars().count();
+            let len = arg.text.chars().count();
+            let url = Part {
+                text: arg.text[..byte].to_string(),
+                span: arg.sub_span(0, hash),
+            };
+            let hash_span = arg.sub_span(hash, hash + 1);
+            let reference = Part {
+                text: arg.text[byte + 1..].to_string(),
+                span: if hash + 1 < len {
+                    arg.sub_span(hash + 1, len)
+                } else {
+                    hash_span
+                },
+            };
+            if url.text.is_empty() {
+                report.error(
+                    line,
+                    hash_span,
+                    "missing git URL before `#`".into(),
+                    example.into(),
+                );
+                return None;
+            }
+            if reference.text.is_empty() {
+                report.error(
+                    line,
+                    hash_span,
+                    "empty git ref after `#`".into(),
+                    "write a branch, tag or full commit sha after `#`, or remove the `#` to \
+                     follow the remote's default branch"
+                        .into(),
+                );
+                return None;
+            }
+            (url, Some(reference))
+        }
+    };
+    let mut ok = true;
+    if url.text.starts_with('-') {
+        ok = false;
+        report.error(
+            line,
+            url.span,
+            format!("git URL {} must not start with `-`", quote(&url.text)),
+            format!("git would read it as an option; {example}"),
+        );
+    } else if url
+        .text
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        ok = false;
+        report.error(
+            line,
+            url.span,
+            format!("git URL {} must not contain whitespace", quote(&url.text)),
+            example.into(),
+        );
+    }
+    if let Some(r) = &reference {
+        if !is_valid_ref(&r.text) {
+            ok = false;
+            report.error(
+                line,
+                r.span,
+                format!("{} is not a valid git ref", quote(&r.text)),
+                "a ref is a branch, tag or full commit sha, e.g. `main`, `v1.2.0` or `release-2`"
+                    .into(),
+            );
+        }
+    }
+    ok.then(|| GitSource {
+        url: url.text,
+        reference: reference.map(|r| r.text),
+    })
+}
+
 /// Accumulates one order while its lines are read.
 struct OrderParser<'a> {
     service: &'a str,
@@ -423,8 +733,10 @@ struct OrderParser<'a> {
     autodeploy: Option<GitSource>,
     autodeploy_line: Option<usize>,
     publish: Vec<Publish>,
-    /// (public port, URL prefix) → line, to catch repeats without a quadratic scan.
-    published: HashMap<(u16, String), usize>,
+    /// Route → line, to catch repeats without a quadratic scan.
+    published: HashMap<RouteKey, usize>,
+    /// Public port → (TLS or not, line), so one port is not both.
+    port_tls: HashMap<u16, (bool, usize)>,
     env: Vec<(String, String)>,
     healthcheck_line: Option<usize>,
     healthcheck: Option<String>,
@@ -433,6 +745,12 @@ struct OrderParser<'a> {
     drain: Option<Duration>,
     instances_line: Option<usize>,
     instances: Option<u32>,
+    resource_lines: ResourceLines,
+    resources: Resources,
+    build_timeout_line: Option<usize>,
+    build_timeout: Option<Duration>,
+    base_line: Option<usize>,
+    base: Option<BaseImage>,
     /// The env so far, folded as the ship will.
     env_size: EnvSize,
     /// The line (number, text, span) where `env_size` last went over a limit, while it is over.
@@ -450,6 +768,7 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
         autodeploy_line: None,
         publish: Vec::new(),
         published: HashMap::new(),
+        port_tls: HashMap::new(),
         env: Vec::new(),
         healthcheck_line: None,
         healthcheck: None,
@@ -458,6 +777,12 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
         drain: None,
         instances_line: None,
         instances: None,
+        resource_lines: ResourceLines::default(),
+        resources: Resources::default(),
+        build_timeout_line: None,
+        build_timeout: None,
+        base_line: None,
+        base: None,
         env_size: EnvSize::default(),
         env_over: None,
     };
@@ -497,6 +822,26 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
             "healthcheck" => p.healthcheck(line, words),
             "drain" => p.drain(line, words),
             "instances" => p.instances(line, words),
+            "memory" | "cpus" | "pids" => resource_line(
+                &mut p.report,
+                line,
+                words,
+                &mut p.resource_lines,
+                &mut p.resources,
+            ),
+            "base" => {
+                if !base_repeated(&mut p.report, line, kw, &mut p.base_line) {
+                    p.base = base_line(&mut p.report, line, words);
+                }
+            }
+            "build" if is_build_timeout(words) => {
+                if let Some(first) = p.build_timeout_line {
+                    twice(&mut p.report, line, kw, first);
+                } else {
+                    p.build_timeout_line = Some(line.number);
+                    p.build_timeout = build_timeout(&mut p.report, line, words);
+                }
+            }
             _ => unknown_keyword(
                 &mut p.report,
                 line,
@@ -548,6 +893,9 @@ pub fn parse_order(service: &str, path: &Path, text: &str) -> Result<Order, Vec<
             drain: p.drain,
             instances: p.instances,
             revision: hex::encode(Sha256::digest(text.as_bytes())),
+            resources: p.resources,
+            build_timeout: p.build_timeout,
+            base: p.base,
         }),
         _ => Err(diags),
     }
@@ -581,109 +929,8 @@ impl OrderParser<'_> {
             return;
         }
         self.autodeploy_line = Some(line.number);
-        let Some(arg) = words.get(1).filter(|a| !a.text.is_empty()) else {
-            self.report.error(
-                line,
-                words.get(1).map_or(kw.span, |a| a.span),
-                "`autodeploy` needs a git URL".into(),
-                AUTODEPLOY_EXAMPLE.into(),
-            );
-            return;
-        };
-        if let Some(extra) = words.get(2) {
-            self.report.error(
-                line,
-                extra.span,
-                format!(
-                    "unexpected argument {} for `autodeploy`",
-                    quote(&extra.text)
-                ),
-                format!(
-                    "`autodeploy` takes one git URL; to deploy a branch, tag or commit write {}",
-                    quote(&format!("{}#{}", arg.text, extra.text))
-                ),
-            );
-        }
-        let (url, reference) = match arg.text.rfind('#') {
-            None => (arg.part(), None),
-            Some(byte) => {
-                let hash = arg.text[..byte].chars().count();
-                let len = arg.text.chars().count();
-                let url = Part {
-                    text: arg.text[..byte].to_string(),
-                    span: arg.sub_span(0, hash),
-                };
-                let hash_span = arg.sub_span(hash, hash + 1);
-                let reference = Part {
-                    text: arg.text[byte + 1..].to_string(),
-                    span: if hash + 1 < len {
-                        arg.sub_span(hash + 1, len)
-                    } else {
-                        hash_span
-                    },
-                };
-                if url.text.is_empty() {
-                    self.report.error(
-                        line,
-                        hash_span,
-                        "missing git URL before `#`".into(),
-                        AUTODEPLOY_EXAMPLE.into(),
-                    );
-                    return;
-                }
-                if reference.text.is_empty() {
-                    self.report.error(
-                        line,
-                        hash_span,
-                        "empty git ref after `#`".into(),
-                        "write a branch, tag or full commit sha after `#`, or remove the `#` to \
-                         follow the remote's default branch"
-                            .into(),
-                    );
-                    return;
-                }
-                (url, Some(reference))
-            }
-        };
-        let mut ok = true;
-        if url.text.starts_with('-') {
-            ok = false;
-            self.report.error(
-                line,
-                url.span,
-                format!("git URL {} must not start with `-`", quote(&url.text)),
-                format!("git would read it as an option; {AUTODEPLOY_EXAMPLE}"),
-            );
-        } else if url
-            .text
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
-            ok = false;
-            self.report.error(
-                line,
-                url.span,
-                format!("git URL {} must not contain whitespace", quote(&url.text)),
-                AUTODEPLOY_EXAMPLE.into(),
-            );
-        }
-        if let Some(r) = &reference {
-            if !is_valid_ref(&r.text) {
-                ok = false;
-                self.report.error(
-                    line,
-                    r.span,
-                    format!("{} is not a valid git ref", quote(&r.text)),
-                    "a ref is a branch, tag or full commit sha, e.g. `main`, `v1.2.0` or `release-2`"
-                        .into(),
-                );
-            }
-        }
-        if ok {
-            self.autodeploy = Some(GitSource {
-                url: url.text,
-                reference: reference.map(|r| r.text),
-            });
+        if let Some(source) = git_source(&mut self.report, line, words, &AUTODEPLOY_LINE) {
+            self.autodeploy = Some(source);
         }
     }
 
@@ -694,7 +941,13 @@ impl OrderParser<'_> {
         // Set once `--private` was written or its absence already explained.
         let mut private_mentioned = false;
         let mut public: Option<u16> = None;
+        let mut public_span: Option<Span> = None;
         let mut url: Option<String> = None;
+        let mut hosts: Vec<String> = Vec::new();
+        let mut tls = false;
+        let mut no_redirect: Option<Span> = None;
+        let mut max_body: Option<u64> = None;
+        let mut timeout: Option<Duration> = None;
         let mut seen: Vec<&'static str> = Vec::new();
         let mut extra_reported = false;
         let mut i = 1;
@@ -719,11 +972,51 @@ impl OrderParser<'_> {
                 }
                 continue;
             }
+            if is_switch(w, PUBLISH_SWITCHES) {
+                i += 1;
+                let (name, value) = match w.split_eq() {
+                    Some((name, value)) => (name, Some(value)),
+                    None => (w.part(), None),
+                };
+                let canonical = if name.text.eq_ignore_ascii_case("--tls") {
+                    "--tls"
+                } else {
+                    "--no-redirect"
+                };
+                if let Some(value) = value {
+                    self.report.error(
+                        line,
+                        value.span,
+                        format!("`{canonical}` takes no value"),
+                        format!("write `{canonical}` alone"),
+                    );
+                    continue;
+                }
+                if seen.contains(&canonical) {
+                    self.report.error(
+                        line,
+                        name.span,
+                        format!("`{canonical}` is given twice in one `publish` line"),
+                        format!("keep one `{canonical}`"),
+                    );
+                    continue;
+                }
+                seen.push(canonical);
+                if canonical == "--tls" {
+                    tls = true;
+                } else {
+                    no_redirect = Some(name.span);
+                }
+                continue;
+            }
             let flag = take_flag(words, &mut i);
             let canonical = match flag.lower.as_str() {
                 "--private" => "--private",
                 "--public" => "--public",
                 "--url" => "--url",
+                "--host" => "--host",
+                "--max-body" => "--max-body",
+                "--timeout" => "--timeout",
                 "--port" => {
                     private_mentioned = true;
                     let port = flag.value.as_ref().map_or("PORT", |v| v.text.as_str());
@@ -749,7 +1042,10 @@ impl OrderParser<'_> {
                     let help = match suggestion {
                         Some("--private") => format!("did you mean `--private`? {PRIVATE_HELP}"),
                         Some("--public") => format!("did you mean `--public`? {PUBLIC_HELP}"),
-                        Some(s) => format!("did you mean `{s}`? {PUBLISH_USAGE}"),
+                        Some(s @ "--url") => {
+                            format!("did you mean `{s}`? {PUBLISH_USAGE}")
+                        }
+                        Some(s) => format!("did you mean `{s}`? {PUBLISH_EDGE_USAGE}"),
                         None => PUBLISH_USAGE.into(),
                     };
                     self.report.error(
@@ -764,7 +1060,8 @@ impl OrderParser<'_> {
             if canonical == "--private" {
                 private_mentioned = true;
             }
-            if seen.contains(&canonical) {
+            // `--host` is the one flag that may be repeated: one route, several names.
+            if canonical != "--host" && seen.contains(&canonical) {
                 self.report.error(
                     line,
                     flag.name.span,
@@ -779,6 +1076,9 @@ impl OrderParser<'_> {
             let (what, help) = match canonical {
                 "--private" => ("a port number", PRIVATE_HELP),
                 "--public" => ("a port number", PUBLIC_HELP),
+                "--host" => ("a host name", HOST_HELP),
+                "--max-body" => ("a size", MAX_BODY_HELP),
+                "--timeout" => ("a duration", PUBLISH_TIMEOUT_HELP),
                 _ => (
                     "a URL prefix",
                     "e.g. `--url /echo`: the service gets requests under this prefix, with the \
@@ -799,9 +1099,47 @@ impl OrderParser<'_> {
                     Ok(u) => url = Some(u),
                     Err((message, help)) => self.report.error(line, value.span, message, help),
                 },
+                "--host" => match check_host(&value.text) {
+                    Ok(h) if hosts.contains(&h) => self.report.error(
+                        line,
+                        value.span,
+                        format!("host `{h}` is given twice in one `publish` line"),
+                        "keep one `--host` for it".into(),
+                    ),
+                    Ok(h) => hosts.push(h),
+                    Err((message, help)) => self.report.error(line, value.span, message, help),
+                },
+                "--max-body" => match parse_size(&value.text) {
+                    Some(0) => self.report.error(
+                        line,
+                        value.span,
+                        "`--max-body` must be more than 0".into(),
+                        MAX_BODY_HELP.into(),
+                    ),
+                    Some(n) => max_body = Some(n),
+                    None => self.report.error(
+                        line,
+                        value.span,
+                        format!("invalid size {} for `--max-body`", quote(&value.text)),
+                        format!("{MAX_BODY_HELP}; {SIZE_HELP}"),
+                    ),
+                },
+                "--timeout" => match self.duration(line, &value, "`--timeout`") {
+                    Some(d) if d.is_zero() => self.report.error(
+                        line,
+                        value.span,
+                        "`--timeout` must be more than 0".into(),
+                        PUBLISH_TIMEOUT_HELP.into(),
+                    ),
+                    Some(d) => timeout = Some(d),
+                    None => {}
+                },
                 _ => match parse_port(&value.text) {
                     Some(port) if canonical == "--private" => private = Some(port),
-                    Some(port) => public = Some(port),
+                    Some(port) => {
+                        public = Some(port);
+                        public_span = Some(value.span);
+                    }
                     None => self.report.error(
                         line,
                         value.span,
@@ -829,6 +1167,26 @@ impl OrderParser<'_> {
                 ),
             );
         }
+        if let (Some(span), false) = (no_redirect, tls) {
+            self.report.error(
+                line,
+                span,
+                "`--no-redirect` needs `--tls`".into(),
+                "only a `--tls` publish redirects plain HTTP on port 80 to HTTPS; remove \
+                 `--no-redirect`, or add `--tls`"
+                    .into(),
+            );
+        }
+        if let (true, Some(80), Some(span)) = (tls, public, public_span) {
+            self.report.error(
+                line,
+                span,
+                "a `--tls` publish cannot use port 80".into(),
+                "port 80 stays plain HTTP: it carries the redirect to HTTPS and ACME HTTP-01 \
+                 challenges; use `--public 443` (the default with `--tls`) or another port"
+                    .into(),
+            );
+        }
         if url.is_none() && !seen.contains(&"--url") && self.service_ok {
             match check_url_prefix(&format!("/{}", self.service)) {
                 Ok(u) => url = Some(u),
@@ -848,25 +1206,57 @@ impl OrderParser<'_> {
         };
         let publish = Publish {
             private,
-            public: public.unwrap_or(80),
+            public: public.unwrap_or(if tls { 443 } else { 80 }),
             url,
             span_line: line.number,
+            redirect: tls && no_redirect.is_none(),
+            hosts,
+            tls,
+            max_body,
+            timeout,
         };
-        let key = (publish.public, publish.url.clone());
-        if let Some(&prev) = self.published.get(&key) {
-            self.report.error(
-                line,
-                words_span(words),
-                format!(
-                    "port {} and URL prefix `{}` are already published on line {}",
-                    publish.public, publish.url, prev
-                ),
-                "remove one of the two `publish` lines, or change `--public` or `--url` in one"
-                    .into(),
-            );
-            return;
+        if let Some(&(other_tls, other_line)) = self.port_tls.get(&publish.public) {
+            if other_tls != publish.tls {
+                self.report.error(
+                    line,
+                    words_span(words),
+                    tls_mismatch_message(publish.public, other_tls, &format!("line {other_line}")),
+                    tls_mismatch_help(other_tls).into(),
+                );
+                return;
+            }
         }
-        self.published.insert(key, line.number);
+        for key in route_keys(&publish) {
+            if let Some(&prev) = self.published.get(&key) {
+                let (message, help) = match &key.1 {
+                    None => (
+                        format!(
+                            "port {} and URL prefix `{}` are already published on line {}",
+                            publish.public, publish.url, prev
+                        ),
+                        "remove one of the two `publish` lines, or change `--public` or `--url` \
+                         in one",
+                    ),
+                    Some(host) => (
+                        format!(
+                            "port {}, host `{host}` and URL prefix `{}` are already published on \
+                             line {}",
+                            publish.public, publish.url, prev
+                        ),
+                        "remove one of the two `publish` lines, or change `--public`, `--host` or \
+                         `--url` in one",
+                    ),
+                };
+                self.report
+                    .error(line, words_span(words), message, help.into());
+                return;
+            }
+        }
+        for key in route_keys(&publish) {
+            self.published.insert(key, line.number);
+        }
+        self.port_tls
+            .insert(publish.public, (publish.tls, line.number));
         self.publish.push(publish);
     }
 
@@ -960,27 +1350,7 @@ impl OrderParser<'_> {
 
     /// Parse a duration argument, reporting it if invalid.
     fn duration(&mut self, line: SourceLine<'_>, value: &Part, what: &str) -> Option<Duration> {
-        match parse_duration(&value.text) {
-            Some(d) if d <= MAX_DURATION => Some(d),
-            Some(_) => {
-                self.report.error(
-                    line,
-                    value.span,
-                    format!("{} is too long for {what}", quote(&value.text)),
-                    "the longest accepted duration is 24h".into(),
-                );
-                None
-            }
-            None => {
-                self.report.error(
-                    line,
-                    value.span,
-                    format!("invalid duration {} for {what}", quote(&value.text)),
-                    DURATION_HELP.into(),
-                );
-                None
-            }
-        }
+        duration_arg(&mut self.report, line, value, what)
     }
 
     fn drain(&mut self, line: SourceLine<'_>, words: &[Word]) {

@@ -64,7 +64,12 @@ fn seed_example_parses() {
             private: 3000,
             public: 80,
             url: "/echo".into(),
-            span_line: 2
+            span_line: 2,
+            hosts: Vec::new(),
+            tls: false,
+            redirect: false,
+            max_body: None,
+            timeout: None,
         }]
     );
     assert!(o.env.is_empty());
@@ -597,11 +602,12 @@ fn unknown_keyword_did_you_mean() {
         one(&format!("{ECHO}publsh --private 3000\n")),
         "echo.orders:2:1: error: unknown keyword `publsh`\n  |\n2 | publsh --private 3000\n  \
          | ^^^^^^\n  = help: did you mean `publish`? valid keywords: autodeploy, publish, export, \
-         env, healthcheck, drain, instances"
+         env, healthcheck, drain, instances, memory, cpus, pids, base"
     );
     assert_eq!(
         msg_help(&format!("{ECHO}frobnicate\n")).1,
-        "valid keywords: autodeploy, publish, export, env, healthcheck, drain, instances"
+        "valid keywords: autodeploy, publish, export, env, healthcheck, drain, instances, memory, \
+         cpus, pids, base"
     );
     assert!(msg_help(&format!("{ECHO}build make\n"))
         .1
@@ -757,7 +763,8 @@ fn app_spec_errors() {
     assert_eq!(
         app("strat python3 server.py\n")[0].to_string(),
         "Starphleet:1:1: error: unknown keyword `strat`\n  |\n1 | strat python3 server.py\n  | \
-         ^^^^^\n  = help: did you mean `start`? valid keywords: build, start, healthcheck, export, env"
+         ^^^^^\n  = help: did you mean `start`? valid keywords: build, start, healthcheck, export, env, memory, \
+         cpus, pids, buildpack, base"
     );
     assert!(app("publish --private 3000\n")[0]
         .help
@@ -881,7 +888,7 @@ fn headquarters_loads_good_broken_and_clashing_orders() {
     write(root, ".git/hooks/x.orders", b"garbage");
     write(root, ".hidden.orders", b"garbage");
     write(root, "README.md", b"# hq");
-    write(root, "ships", b"ship1\n");
+    write(root, "ships", b"ship1 http://10.1.0.11:9797\n");
 
     let hq = load_headquarters(root);
     let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
@@ -1184,12 +1191,15 @@ fn files_over_one_mib_are_refused_without_reading_them() {
     let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
     assert_eq!(services, ["exact"]);
     assert!(hq.settings_broken());
+    assert!(hq.ships_broken());
     let help = "  = help: orders and settings are a few lines each: check that the right file is \
                 committed under this name, and keep anything large out of headquarters";
     assert_eq!(
         hq.render_errors(),
         format!(
             ".starphleet:1:1: error: file is 68719476736 bytes; headquarters files may be at most \
+             1048576 bytes (1 MiB)\n{help}\n\n\
+             ships:1:1: error: file is 68719476736 bytes; headquarters files may be at most \
              1048576 bytes (1 MiB)\n{help}\n\n\
              huge.orders:1:1: error: file is 68719476736 bytes; headquarters files may be at most \
              1048576 bytes (1 MiB)\n{help}\n\n\
@@ -1488,4 +1498,1127 @@ fn reserved_ports_are_refused() {
     );
     // Without options nothing is reserved.
     assert_eq!(load_headquarters(root).orders.len(), 4);
+}
+
+// ---- publish at the edge: hosts, TLS, body size, timeout -------------------------------
+
+#[test]
+fn publish_hosts_tls_and_limits() {
+    let o = ok(&format!(
+        "{ECHO}publish --private 3000 --host App.Example.com --host '*.example.org' --tls \
+         --max-body 10m --timeout 30s --url /\n\
+         publish --private 3000 --tls --no-redirect --public 8443 --host=api.example.com\n\
+         publish --private 3000 --public 8080 --max-body=512k\n\
+         publish --private 3000 --TLS --Host a.example.com --url /a\n"
+    ));
+    let p = &o.publish[0];
+    assert_eq!(p.hosts, ["app.example.com", "*.example.org"]);
+    assert!(p.tls && p.redirect);
+    assert_eq!(p.public, 443, "`--tls` publishes on 443 by default");
+    assert_eq!(p.url, "/");
+    assert_eq!(p.max_body, Some(10 << 20));
+    assert_eq!(p.timeout, Some(Duration::from_secs(30)));
+    let p = &o.publish[1];
+    assert!(p.tls && !p.redirect);
+    assert_eq!(
+        (p.public, p.hosts.as_slice()),
+        (8443, &["api.example.com".to_string()][..])
+    );
+    let p = &o.publish[2];
+    assert!(!p.tls && !p.redirect && p.hosts.is_empty());
+    assert_eq!(
+        (p.public, p.max_body, p.timeout),
+        (8080, Some(512 << 10), None)
+    );
+    assert!(o.publish[3].tls);
+    // Without the new flags nothing changes.
+    let plain = &ok(&format!("{ECHO}publish --private 3000\n")).publish[0];
+    assert_eq!(
+        (
+            plain.public,
+            plain.tls,
+            plain.redirect,
+            plain.max_body,
+            plain.timeout
+        ),
+        (80, false, false, None, None)
+    );
+    assert!(plain.hosts.is_empty());
+}
+
+#[test]
+fn tls_is_not_on_port_80() {
+    assert_eq!(
+        one(&format!("{ECHO}publish --private 3000 --tls --public 80\n")),
+        "echo.orders:2:39: error: a `--tls` publish cannot use port 80\n  |\n\
+         2 | publish --private 3000 --tls --public 80\n  |                                       ^^\n  \
+         = help: port 80 stays plain HTTP: it carries the redirect to HTTPS and ACME HTTP-01 \
+         challenges; use `--public 443` (the default with `--tls`) or another port"
+    );
+}
+
+#[test]
+fn no_redirect_needs_tls() {
+    assert_eq!(
+        one(&format!("{ECHO}publish --private 3000 --no-redirect\n")),
+        "echo.orders:2:24: error: `--no-redirect` needs `--tls`\n  |\n\
+         2 | publish --private 3000 --no-redirect\n  |                        ^^^^^^^^^^^^^\n  \
+         = help: only a `--tls` publish redirects plain HTTP on port 80 to HTTPS; remove \
+         `--no-redirect`, or add `--tls`"
+    );
+}
+
+#[test]
+fn publish_edge_flag_errors() {
+    let p = |flags: &str| msg_help(&format!("{ECHO}publish --private 3000 {flags}\n"));
+    assert_eq!(
+        p("--host app.test:8080"),
+        (
+            "invalid host `app.test:8080`: write it without a port".into(),
+            "`--host` matches the name in the request's Host header whatever the port; the port \
+             goes in `--public`"
+                .into()
+        )
+    );
+    assert_eq!(
+        p("--host a.*.test").0,
+        "invalid host `a.*.test`: `*` may only be the whole leftmost label"
+    );
+    assert_eq!(
+        p("--host '*.test'").0,
+        "invalid host `*.test`: a wildcard needs a domain of at least two labels under it"
+    );
+    assert_eq!(
+        p("--host https://app.test/").0,
+        "invalid host `https://app.test/`: write the host name alone"
+    );
+    assert_eq!(
+        p("--host"),
+        (
+            "`--host` needs a host name".into(),
+            "`--host` limits the route to requests for this host name, e.g. `--host \
+             app.example.com` or `--host '*.example.com'`; repeat it for more names"
+                .into()
+        )
+    );
+    assert_eq!(
+        p("--host A.test --host a.test").0,
+        "host `a.test` is given twice in one `publish` line"
+    );
+    assert_eq!(
+        p("--tls=yes"),
+        (
+            "`--tls` takes no value".into(),
+            "write `--tls` alone".into()
+        )
+    );
+    assert_eq!(
+        p("--tls --tls").0,
+        "`--tls` is given twice in one `publish` line"
+    );
+    assert_eq!(p("--max-body 0").0, "`--max-body` must be more than 0");
+    assert_eq!(
+        p("--max-body lots"),
+        (
+            "invalid size `lots` for `--max-body`".into(),
+            "`--max-body` is the largest request body the route accepts (bigger requests get \
+             413), e.g. `--max-body 10m`; write a whole number of bytes or one with a binary \
+             unit: `512k`, `64M`, `10m`, `1G` (1k = 1024 bytes; case does not matter)"
+                .into()
+        )
+    );
+    assert_eq!(
+        p("--max-body 1m --max-body 2m").0,
+        "`--max-body` is given twice in one `publish` line"
+    );
+    assert_eq!(p("--timeout 0").0, "`--timeout` must be more than 0");
+    assert_eq!(p("--timeout 2d").0, "invalid duration `2d` for `--timeout`");
+    assert_eq!(p("--timeout 25h").0, "`25h` is too long for `--timeout`");
+    assert_eq!(
+        p("--hots app.test"),
+        (
+            "unknown flag `--hots` for `publish`".into(),
+            "did you mean `--host`? `publish` also takes `--host NAME` (repeatable), `--tls`, \
+             `--no-redirect` (with `--tls`), `--max-body SIZE` and `--timeout DURATION`"
+                .into()
+        )
+    );
+    // A switch never swallows the next word: the stray port is explained.
+    assert_eq!(
+        msg_help(&format!("{ECHO}publish --tls 3000\n")).1,
+        format!(
+            "did you mean `--private 3000`? `--private` is the port your service listens on \
+             inside its container (it receives it as $PORT); `--public` is the port users \
+             connect to on the ship (default 80)"
+        )
+    );
+}
+
+#[test]
+fn routes_in_one_order_clash_by_port_host_and_prefix() {
+    // Different hosts, or hosts and no host, share a port and prefix.
+    let o = ok(&format!(
+        "{ECHO}publish --private 3000 --host a.test\npublish --private 3001 --host b.test\n\
+         publish --private 3002\npublish --private 3003 --host '*.a.test'\n"
+    ));
+    assert_eq!(o.publish.len(), 4);
+    assert_eq!(
+        one(&format!(
+            "{ECHO}publish --private 3000 --host a.test --host b.test\n\
+             publish --private 3001 --host B.test\n"
+        )),
+        "echo.orders:3:1: error: port 80, host `b.test` and URL prefix `/echo` are already \
+         published on line 2\n  |\n3 | publish --private 3001 --host B.test\n  | \
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: remove one of the two `publish` lines, \
+         or change `--public`, `--host` or `--url` in one"
+    );
+    assert_eq!(
+        one(&format!(
+            "{ECHO}publish --private 3000 --public 8443 --tls\n\
+             publish --private 3000 --public 8443 --url /x\n"
+        )),
+        "echo.orders:3:1: error: port 8443 is published with `--tls` by line 2; this `publish` \
+         has no `--tls`\n  |\n3 | publish --private 3000 --public 8443 --url /x\n  | \
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: a port speaks either TLS or \
+         plain HTTP: add `--tls` here, or use another `--public` port"
+    );
+}
+
+#[test]
+fn headquarters_routes_clash_by_port_host_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let order = |publish: &str| format!("{ECHO}{publish}\n");
+    write(
+        root,
+        "a.orders",
+        order("publish --private 1 --url / --host a.test").as_bytes(),
+    );
+    write(
+        root,
+        "b.orders",
+        order("publish --private 1 --url / --host b.test").as_bytes(),
+    );
+    write(
+        root,
+        "c.orders",
+        order("publish --private 1 --url /").as_bytes(),
+    );
+    write(
+        root,
+        "d.orders",
+        order("publish --private 1 --url / --host '*.a.test'").as_bytes(),
+    );
+    write(
+        root,
+        "e.orders",
+        order("publish --private 1 --url / --host A.test").as_bytes(),
+    );
+    write(
+        root,
+        "f.orders",
+        order("publish --private 1 --public 443 --url /").as_bytes(),
+    );
+    write(
+        root,
+        "g.orders",
+        order("publish --private 1 --tls --host g.test --url /").as_bytes(),
+    );
+    write(
+        root,
+        "h.orders",
+        order("publish --private 1 --public 8443 --tls --host h.test").as_bytes(),
+    );
+    write(
+        root,
+        "i.orders",
+        order("publish --private 1 --public 8443 --url /i").as_bytes(),
+    );
+    let hq = load_headquarters(root);
+    let services: Vec<_> = hq.orders.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(services, ["a", "b", "c", "d", "f", "h"]);
+    assert_eq!(
+        hq.render_errors(),
+        "e.orders:2:1: error: port 80, host `a.test` and URL prefix `/` are already published by \
+         a.orders:2\n  |\n2 | publish --private 1 --url / --host A.test\n  | \
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: two services cannot share a public \
+         port, host and URL prefix; change `--url`, `--host` or `--public` in one of the two \
+         orders\n\n\
+         g.orders:2:1: error: port 443 is published without `--tls` by f.orders:2; this \
+         `publish` has `--tls`\n  |\n2 | publish --private 1 --tls --host g.test --url /\n  | \
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: a port speaks either TLS or \
+         plain HTTP: remove `--tls` here, or use another `--public` port (with `--tls` the \
+         default is 443)\n\n\
+         i.orders:2:1: error: port 8443 is published with `--tls` by h.orders:2; this `publish` \
+         has no `--tls`\n  |\n2 | publish --private 1 --public 8443 --url /i\n  | \
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  = help: a port speaks either TLS or plain \
+         HTTP: add `--tls` here, or use another `--public` port\n"
+    );
+}
+
+// ---- resource limits, build timeout, base, buildpacks -------------------------------------
+
+#[test]
+fn resource_limits_in_orders_and_apps() {
+    let o = ok(&format!("{ECHO}memory 512M\ncpus 0.5\nPIDS 256\n"));
+    assert_eq!(
+        o.resources,
+        Resources {
+            memory_bytes: Some(512 << 20),
+            cpu_millis: Some(500),
+            pids: Some(256)
+        }
+    );
+    assert_eq!(ok(ECHO).resources, Resources::default());
+    let app = parse_app(Path::new("Starphleet"), "start ./run\nmemory 1G\ncpus 2\n").unwrap();
+    assert_eq!(
+        app.resources,
+        Resources {
+            memory_bytes: Some(1 << 30),
+            cpu_millis: Some(2000),
+            pids: None
+        }
+    );
+    assert_eq!(
+        o.resources.over(&app.resources),
+        Resources {
+            memory_bytes: Some(512 << 20),
+            cpu_millis: Some(500),
+            pids: Some(256)
+        }
+    );
+}
+
+#[test]
+fn resource_limit_errors() {
+    assert_eq!(
+        one(&format!("{ECHO}memory 1M\n")),
+        "echo.orders:2:8: error: `memory` must be at least 4M, not 1M\n  |\n2 | memory 1M\n  |        \
+         ^^\n  = help: `memory` takes the most memory each container of the service may use, at \
+         least 4M, e.g. `memory 512M` or `memory 2G`; less leaves no room for the service to start"
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}memory lots\n")).0,
+        "invalid size `lots` for `memory`"
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}memory\n")).0,
+        "`memory` needs a size"
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}memory 1G 2G\n")).0,
+        "unexpected argument `2G` for `memory`"
+    );
+    assert_eq!(
+        one(&format!("{ECHO}cpus 0.333\n")),
+        "echo.orders:2:6: error: `cpus` must be a number from 0.01 to 256 with at most 2 \
+         decimals, not `0.333`\n  |\n2 | cpus 0.333\n  |      ^^^^^\n  = help: `cpus` takes how \
+         many CPUs each container may keep busy, from 0.01 to 256 with at most 2 decimals, e.g. \
+         `cpus 0.5` or `cpus 2`"
+    );
+    for bad in ["0", "300", "-1", ".5", "half"] {
+        assert!(msg_help(&format!("{ECHO}cpus {bad}\n"))
+            .0
+            .starts_with("`cpus` must be a number"));
+    }
+    assert_eq!(
+        msg_help(&format!("{ECHO}pids 8\n")),
+        (
+            "`pids` must be a whole number from 16 to 4194304, not `8`".into(),
+            "`pids` takes the most processes and threads each container may run at once, from 16 \
+             to 4194304, e.g. `pids 512`"
+                .into()
+        )
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}cpus 1\ncpus 2\n")).0,
+        "`cpus` is given twice; the first is on line 2"
+    );
+    let app = |t: &str| parse_app(Path::new("Starphleet"), t).unwrap_err();
+    assert_eq!(
+        app("pids 99999999\n")[0].message,
+        "`pids` must be a whole number from 16 to 4194304, not `99999999`"
+    );
+    assert_eq!(
+        app("memory 1G\nMemory 2G\n")[0].message,
+        "`memory` is given twice; the first is on line 1"
+    );
+}
+
+#[test]
+fn build_timeout_in_orders_and_apps() {
+    assert_eq!(
+        ok(&format!("{ECHO}build --timeout 20m\n")).build_timeout,
+        Some(Duration::from_secs(1200))
+    );
+    assert_eq!(
+        ok(&format!("{ECHO}BUILD --TIMEOUT=1h\n")).build_timeout,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(ok(ECHO).build_timeout, None);
+    // Any other `build` in an order stays where it belongs.
+    assert!(msg_help(&format!("{ECHO}build make --timeout 5m\n"))
+        .1
+        .starts_with("`build` belongs in the `Starphleet` file at the root of the app repository"));
+    let build_help = "`build --timeout DURATION` sets how long a build may take before it is \
+                      stopped and the deploy fails, e.g. `build --timeout 20m` (at most 24h)";
+    assert_eq!(
+        one(&format!("{ECHO}build --timeout\n")),
+        format!(
+            "echo.orders:2:7: error: `--timeout` needs a duration\n  |\n2 | build --timeout\n  |       \
+             ^^^^^^^^^\n  = help: {build_help}"
+        )
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}build --timeout 25h\n")).0,
+        "`25h` is too long for `build --timeout`"
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}build --timeout 0\n")).0,
+        "`build --timeout` must be more than 0"
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}build --timeout 5m make\n")),
+        (
+            "unexpected argument `make` for `build`".into(),
+            build_help.into()
+        )
+    );
+    assert_eq!(
+        msg_help(&format!("{ECHO}build --timeout 5m\nbuild --timeout 6m\n")).0,
+        "`build` is given twice; the first is on line 2"
+    );
+
+    let app = parse_app(
+        Path::new("Starphleet"),
+        "build --timeout 30m\nbuild npm ci\nbuild npm run build\nstart node server.js\n",
+    )
+    .unwrap();
+    assert_eq!(app.build, ["npm ci", "npm run build"]);
+    assert_eq!(app.build_timeout, Some(Duration::from_secs(1800)));
+    let e = parse_app(Path::new("Starphleet"), "build --timeout=forever\n").unwrap_err();
+    assert_eq!(
+        e[0].message,
+        "invalid duration `forever` for `build --timeout`"
+    );
+}
+
+#[test]
+fn buildpacks_and_base_in_apps() {
+    let sha = "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+    let app = parse_app(
+        Path::new("Starphleet"),
+        &format!(
+            "buildpack https://github.com/heroku/heroku-buildpack-python.git\n\
+             buildpack https://github.com/heroku/heroku-buildpack-nodejs.git#v250\n\
+             base https://example.com/debian-12.tar.gz --sha256 {sha}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        app.buildpacks,
+        [
+            GitSource {
+                url: "https://github.com/heroku/heroku-buildpack-python.git".into(),
+                reference: None
+            },
+            GitSource {
+                url: "https://github.com/heroku/heroku-buildpack-nodejs.git".into(),
+                reference: Some("v250".into())
+            }
+        ]
+    );
+    assert_eq!(
+        app.base,
+        Some(BaseImage {
+            source: "https://example.com/debian-12.tar.gz".into(),
+            sha256: Some(sha.to_ascii_lowercase())
+        })
+    );
+    let base = |line: &str| parse_app(Path::new("Starphleet"), line).map(|a| a.base);
+    assert_eq!(
+        base("base images/root.tar\n").unwrap(),
+        Some(BaseImage {
+            source: "images/root.tar".into(),
+            sha256: None
+        })
+    );
+    assert_eq!(
+        base("base root.tar --sha256=").unwrap_err()[0].message,
+        "`--sha256` needs 64 hex digits"
+    );
+    let errs = |t: &str| parse_app(Path::new("Starphleet"), t).unwrap_err();
+    assert_eq!(
+        errs("buildpack\n")[0].to_string(),
+        "Starphleet:1:1: error: `buildpack` needs a git URL\n  |\n1 | buildpack\n  | ^^^^^^^^^\n  \
+         = help: e.g. `buildpack https://github.com/heroku/heroku-buildpack-python.git` or \
+         `buildpack https://github.com/heroku/heroku-buildpack-nodejs.git#v250`"
+    );
+    assert_eq!(
+        errs("buildpack https://h/bp.git v2\n")[0].help.as_deref(),
+        Some("`buildpack` takes one git URL; to use a branch, tag or commit write `https://h/bp.git#v2`")
+    );
+    assert_eq!(
+        errs("base /srv/root.tar\n")[0].to_string(),
+        "Starphleet:1:6: error: base path `/srv/root.tar` must be relative to the app \
+         repository\n  |\n1 | base /srv/root.tar\n  |      ^^^^^^^^^^^^^\n  = help: write it \
+         without the leading `/` for a file in the app repository, or as \
+         `file:///srv/root.tar` for a file on the ship"
+    );
+    assert_eq!(
+        errs("base ../other/root.tar\n")[0].message,
+        "base path `../other/root.tar` must not contain `..`"
+    );
+    assert_eq!(
+        errs("base root.tar --sha256 abc\n")[0].message,
+        "`--sha256` must be 64 hex digits, not `abc` (3 characters)"
+    );
+    assert_eq!(
+        errs("base root.tar --md5 abc\n")[0].message,
+        "unknown flag `--md5` for `base`"
+    );
+    assert_eq!(
+        errs("base a.tar b.tar\n")[0].message,
+        "unexpected argument `b.tar` for `base`"
+    );
+    assert_eq!(
+        errs("base --sha256 abc\n")
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "`base` needs a root filesystem: a URL or a path in the app repository",
+            "`--sha256` must be 64 hex digits, not `abc` (3 characters)"
+        ]
+    );
+    assert_eq!(
+        errs("base a.tar\nbase b.tar\n")[0].message,
+        "`base` is given twice; the first is on line 1"
+    );
+    assert_eq!(
+        errs("base docker://debian:12\n")[0].message,
+        "unsupported base source `docker://debian:12`"
+    );
+}
+
+#[test]
+fn orders_may_choose_the_base() {
+    let o = ok(&format!("{ECHO}base file:///srv/bases/debian-12.tar\n"));
+    assert_eq!(
+        o.base,
+        Some(BaseImage {
+            source: "file:///srv/bases/debian-12.tar".into(),
+            sha256: None
+        })
+    );
+    assert!(msg_help(&format!("{ECHO}buildpack https://h/bp.git\n"))
+        .1
+        .starts_with(
+            "`buildpack` belongs in the `Starphleet` file at the root of the app repository"
+        ));
+    assert_eq!(
+        msg_help(&format!("{ECHO}base file://host/x.tar\n")),
+        (
+            "base `file://host/x.tar` must name a file on the ship by its full path".into(),
+            "write three slashes, e.g. `file:///srv/bases/debian-12.tar`".into()
+        )
+    );
+}
+
+// ---- apps as they are: healthcheck file, .env ---------------------------------------------
+
+#[test]
+fn healthcheck_file_is_its_first_path() {
+    assert_eq!(
+        parse_healthcheck_file("/health\n").as_deref(),
+        Some("/health")
+    );
+    assert_eq!(
+        parse_healthcheck_file(
+            "\u{feff}# probed by the ship\r\n\r\n  /status?full=1  \r\n/other\n"
+        )
+        .as_deref(),
+        Some("/status?full=1")
+    );
+    assert_eq!(parse_healthcheck_file(""), None);
+    assert_eq!(parse_healthcheck_file("# only a comment\n\n"), None);
+    assert_eq!(parse_healthcheck_file("health\n/health\n"), None);
+    assert_eq!(parse_healthcheck_file("/a b\n"), None);
+}
+
+#[test]
+fn heroku_style_dot_env_files() {
+    let text = "# Local development settings\n\
+                DATABASE_URL=postgres://app:s3cr3t@db.internal:5432/app?sslmode=require\n\
+                SECRET_KEY_BASE=dGhpcyBpcyBub3QgYSByZWFsIGtleQ==\n\
+                export RACK_ENV=production\n\
+                WELCOME=\"Hello, world & friends\"\n\
+                SINGLE='no $expansion here'\n\
+                EMPTY=\n\
+                QUOTED_EMPTY=\"\"\n\
+                \n\
+                WEB_CONCURRENCY=3 # comment after a value\n\
+                REDIRECT_URL=https://app.example.com/callback#done\r\n\
+                JSON='{\"a\": [1, 2]}'\n";
+    let env = parse_env_file(Path::new(".env"), text).unwrap();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            (
+                "DATABASE_URL",
+                "postgres://app:s3cr3t@db.internal:5432/app?sslmode=require"
+            ),
+            ("SECRET_KEY_BASE", "dGhpcyBpcyBub3QgYSByZWFsIGtleQ=="),
+            ("RACK_ENV", "production"),
+            ("WELCOME", "Hello, world & friends"),
+            ("SINGLE", "no $expansion here"),
+            ("EMPTY", ""),
+            ("QUOTED_EMPTY", ""),
+            ("WEB_CONCURRENCY", "3"),
+            ("REDIRECT_URL", "https://app.example.com/callback#done"),
+            ("JSON", "{\"a\": [1, 2]}"),
+        ]
+    );
+    // An unquoted space is the one thing that needs fixing, and it says how.
+    assert_eq!(
+        parse_env_file(Path::new(".env"), "GREETING=hello world\n").unwrap_err()[0].to_string(),
+        ".env:1:16: error: missing `=` in `world`\n  |\n1 | GREETING=hello world\n  |                \
+         ^^^^^\n  = help: a value with spaces must be quoted, e.g. `GREETING=\"hello world\"`"
+    );
+}
+
+// ---- ships ---------------------------------------------------------------------------------
+
+fn ships(text: &str) -> (Vec<ShipEntry>, Vec<Diagnostic>) {
+    parse_ships(Path::new("ships"), text)
+}
+
+#[test]
+fn ships_file_lists_names_and_admin_urls() {
+    let (list, diags) = ships(
+        "# the phleet\n\nnorth http://10.1.0.11:9797\nSouth-2  HTTPS://South.Example.com:443/  # TLS\n\
+         v6 http://[fd00::2]:9797\n",
+    );
+    assert!(diags.is_empty(), "{}", render(&diags));
+    assert_eq!(
+        list,
+        [
+            ShipEntry {
+                name: "north".into(),
+                url: "http://10.1.0.11:9797".into(),
+                line: 3
+            },
+            ShipEntry {
+                name: "South-2".into(),
+                url: "https://south.example.com:443".into(),
+                line: 4
+            },
+            ShipEntry {
+                name: "v6".into(),
+                url: "http://[fd00::2]:9797".into(),
+                line: 5
+            },
+        ]
+    );
+    assert_eq!(ships(""), (Vec::new(), Vec::new()));
+}
+
+#[test]
+fn ships_file_errors() {
+    let url_help =
+        "write `http://HOST:PORT` or `https://HOST:PORT`, e.g. `http://10.1.0.11:9797`: \
+                    the address `starphleet ship --admin` listens on";
+    assert_eq!(
+        render(&ships("north 10.1.0.11:9797\n").1),
+        format!(
+            "ships:1:7: error: invalid admin URL `10.1.0.11:9797`: it must start with `http://` \
+             or `https://`\n  |\n1 | north 10.1.0.11:9797\n  |       ^^^^^^^^^^^^^^\n  = help: \
+             {url_help}"
+        )
+    );
+    let message = |text: &str| {
+        let (_, d) = ships(text);
+        assert_eq!(d.len(), 1, "{}", render(&d));
+        d[0].message.clone()
+    };
+    assert_eq!(
+        message("north http://10.1.0.11\n"),
+        "invalid admin URL `http://10.1.0.11`: it needs a port, e.g. `:9797`"
+    );
+    assert_eq!(
+        message("north http://10.1.0.11:9797/status\n"),
+        "invalid admin URL `http://10.1.0.11:9797/status`: it must not have a path: the ship's \
+         admin endpoint is at its root"
+    );
+    assert_eq!(
+        message("north http://admin:pw@10.1.0.11:9797\n"),
+        "invalid admin URL `http://admin:pw@10.1.0.11:9797`: it must not contain a user name or \
+         password: requests are authenticated with the phleet token"
+    );
+    assert_eq!(
+        render(&ships("ship_1 http://10.1.0.11:9797\n").1),
+        "ships:1:1: error: invalid ship name `ship_1`: names are letters, digits and `-`, \
+         starting with a letter or digit\n  |\n1 | ship_1 http://10.1.0.11:9797\n  | ^^^^^^\n  \
+         = help: a ship name is a host-name-like label such as `north` or `ship-2`; one ship per \
+         line: `NAME URL`, e.g. `north http://10.1.0.11:9797`"
+    );
+    assert_eq!(
+        message(&format!("{} http://a:1\n", "n".repeat(64))),
+        "invalid ship name `nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…`: 64 characters, at most 63"
+    );
+    assert_eq!(message("north\n"), "ship `north` needs an admin URL");
+    assert_eq!(
+        render(&ships("north http://10.1.0.11:9797 primary\n").1),
+        "ships:1:29: error: unexpected argument `primary` in `ships`\n  |\n\
+         1 | north http://10.1.0.11:9797 primary\n  |                             ^^^^^^^\n  \
+         = help: one ship per line: `NAME URL`, e.g. `north http://10.1.0.11:9797`"
+    );
+    let (list, diags) = ships(
+        "north http://10.1.0.11:9797\nsouth http://10.1.0.12:9797\n\nNorth http://10.1.0.13:9797\n\
+         east HTTP://10.1.0.12:9797/\n",
+    );
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        render(&diags),
+        "ships:4:1: error: ship name `North` is already used on ships:1\n  |\n\
+         4 | North http://10.1.0.13:9797\n  | ^^^^^\n  = help: every ship needs its own name \
+         (names are compared without case); rename or remove one of the two lines\n\n\
+         ships:5:6: error: admin URL `HTTP://10.1.0.12:9797/` is already listed on ships:2\n  |\n\
+         5 | east HTTP://10.1.0.12:9797/\n  |      ^^^^^^^^^^^^^^^^^^^^^^\n  = help: two lines \
+         for the same ship would show it twice in phleet views; remove one of them"
+    );
+}
+
+#[test]
+fn headquarters_reads_ships() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "echo.orders", ECHO.as_bytes());
+    write(
+        dir.path(),
+        "ships",
+        b"north http://10.1.0.11:9797\nsouth 10.1.0.12\n",
+    );
+    let hq = load_headquarters(dir.path());
+    assert_eq!(hq.orders.len(), 1);
+    assert!(hq.ships_broken());
+    assert!(!hq.settings_broken());
+    assert_eq!(
+        hq.ships,
+        [ShipEntry {
+            name: "north".into(),
+            url: "http://10.1.0.11:9797".into(),
+            line: 1
+        }]
+    );
+    assert_eq!(hq.errors.len(), 1);
+    assert!(hq.errors[0]
+        .to_string()
+        .starts_with("ships:2:7: error: invalid admin URL"));
+
+    // A symlinked `ships` is reported once, by the walk, and still counts as broken.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("ships")).unwrap();
+    let hq = load_headquarters(dir.path());
+    assert!(hq.ships.is_empty());
+    assert!(hq.ships_broken());
+    assert_eq!(
+        hq.render_errors(),
+        "ships:1:1: error: symlinks are not allowed in headquarters\n  = help: replace the \
+         symlink with the file or folder itself; symlinks in headquarters are never followed\n"
+    );
+    assert!(!load_headquarters(&std::env::temp_dir().join("no-such-hq")).ships_broken());
+}
+
+// ---- phleet settings in .starphleet ---------------------------------------------------------
+
+#[test]
+fn phleet_settings_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        ".starphleet",
+        b"export LOG_FORMAT=json\nSTARPHLEET_POLL_INTERVAL=5s\nSTARPHLEET_GIT_TIMEOUT=30s\n\
+          STARPHLEET_BUILD_CACHE_MAX=20G\nSTARPHLEET_ROLLOUT=2\nSTARPHLEET_ROLLOUT_SOAK=0\n\
+          STARPHLEET_ROLLOUT_WAIT=5m\nSTARPHLEET_ACME_EMAIL=ops@example.com\n\
+          STARPHLEET_ACME_DIRECTORY=https://127.0.0.1:14000/dir\nSTARPHLEET_ROLLOUT=3\n",
+    );
+    let hq = load_headquarters(dir.path());
+    assert!(hq.errors.is_empty(), "{}", hq.render_errors());
+    assert_eq!(
+        hq.phleet,
+        PhleetSettings {
+            poll_interval: Some(Duration::from_secs(5)),
+            git_timeout: Some(Duration::from_secs(30)),
+            build_cache_max: 20 << 30,
+            rollout: Some(3),
+            rollout_soak: Duration::ZERO,
+            rollout_wait: Duration::from_secs(300),
+            acme_email: Some("ops@example.com".into()),
+            acme_directory: "https://127.0.0.1:14000/dir".into(),
+        }
+    );
+    // They are env for services too, as before.
+    assert_eq!(hq.settings.len(), 10);
+    assert_eq!(hq.phleet.fetch_timeout(), Duration::from_secs(600));
+    let long = PhleetSettings {
+        git_timeout: Some(Duration::from_secs(900)),
+        ..Default::default()
+    };
+    assert_eq!(long.fetch_timeout(), Duration::from_secs(900));
+
+    let defaults = PhleetSettings::default();
+    assert_eq!(defaults.build_cache_max, 10 << 30);
+    assert_eq!(defaults.rollout, None);
+    assert_eq!(defaults.rollout_soak, Duration::from_secs(10));
+    assert_eq!(defaults.rollout_wait, Duration::from_secs(120));
+    assert_eq!(
+        defaults.acme_directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(
+        load_headquarters(tempfile::tempdir().unwrap().path()).phleet,
+        defaults
+    );
+    // Empty means the default, as an unset variable would.
+    write(
+        dir.path(),
+        ".starphleet",
+        b"STARPHLEET_ROLLOUT=\nSTARPHLEET_BUILD_CACHE_MAX=\n",
+    );
+    let hq = load_headquarters(dir.path());
+    assert!(hq.errors.is_empty(), "{}", hq.render_errors());
+    assert_eq!(hq.phleet, defaults);
+}
+
+#[test]
+fn bad_phleet_settings_are_errors_on_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        ".starphleet",
+        b"export GREETING=hi\nexport STARPHLEET_POLL_INTERVAL=soon\nSTARPHLEET_ROLLOUT=0\n\
+          STARPHLEET_ACME_EMAIL=ops.example.com\nSTARPHLEET_BUILD_CACHE_MAX=10 # fine\n\
+          STARPHLEET_ROLLOUT_WAIT=0s STARPHLEET_ACME_DIRECTORY=letsencrypt\n\
+          STARPHLEET_GIT_TIMEOUT=2d\nSTARPHLEET_ROLLOUT_SOAK=forever\nSTARPHLEET_BUILD_CACHE_MAX=0\n",
+    );
+    write(dir.path(), "echo.orders", ECHO.as_bytes());
+    let hq = load_headquarters(dir.path());
+    assert!(hq.settings_broken());
+    assert!(hq.settings.is_empty(), "a broken .starphleet gives nothing");
+    assert_eq!(hq.phleet, PhleetSettings::default());
+    assert_eq!(hq.orders.len(), 1);
+    let first = hq.errors[0].to_string();
+    assert_eq!(
+        first,
+        format!(
+            ".starphleet:2:33: error: `STARPHLEET_POLL_INTERVAL` must be a duration of more than \
+             0, e.g. `5s`, not `soon`\n  |\n2 | export STARPHLEET_POLL_INTERVAL=soon\n  | {}^^^^\n  \
+             = help: how often every ship checks HQ and app refs (default 2s; `starphleet ship \
+             --poll-interval` overrides it on one ship); write a whole number with a unit: \
+             `500ms`, `30s`, `5m` or `1h` (a bare number means seconds), at most 24h",
+            " ".repeat(32)
+        )
+    );
+    let lines: Vec<_> = hq
+        .errors
+        .iter()
+        .map(|d| (d.line, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                2,
+                "`STARPHLEET_POLL_INTERVAL` must be a duration of more than 0, e.g. `5s`, not \
+                 `soon`"
+            ),
+            (
+                3,
+                "`STARPHLEET_ROLLOUT` must be a whole number of at least 1, e.g. `2`, not `0`"
+            ),
+            (
+                4,
+                "`STARPHLEET_ACME_EMAIL` must be an email address, e.g. `ops@example.com`, not \
+                 `ops.example.com`"
+            ),
+            (
+                6,
+                "`STARPHLEET_ROLLOUT_WAIT` must be a duration of more than 0, e.g. `2m`, not `0s`"
+            ),
+            (
+                6,
+                "`STARPHLEET_ACME_DIRECTORY` must be an `http://` or `https://` URL, not \
+                 `letsencrypt`"
+            ),
+            (
+                7,
+                "`STARPHLEET_GIT_TIMEOUT` must be a duration of more than 0, e.g. `30s`, not `2d`"
+            ),
+            (
+                8,
+                "`STARPHLEET_ROLLOUT_SOAK` must be a duration, e.g. `10s`, not `forever`"
+            ),
+            (
+                9,
+                "`STARPHLEET_BUILD_CACHE_MAX` must be a size of more than 0, e.g. `20G`, not `0`"
+            ),
+        ]
+    );
+    assert_eq!(hq.errors[4].column, 54);
+    assert_eq!(
+        hq.errors[4].help.as_deref(),
+        Some(
+            "the ACME server's directory URL (default Let's Encrypt: \
+             https://acme-v02.api.letsencrypt.org/directory); it must start with `http://` or \
+             `https://`"
+        )
+    );
+}
+
+// ---- certificates in headquarters ------------------------------------------------------------
+
+fn key_warning(stem: &str, host: &str) -> String {
+    format!(
+        "certs/{stem}.key:1:1: warning: a private key is in git; anyone who can read headquarters \
+         can impersonate {host} — prefer <state-dir>/certs on each ship or ACME\n  = help: put \
+         `{stem}.crt` and `{stem}.key` in `<state-dir>/certs/` on each ship instead, or set \
+         `STARPHLEET_ACME_EMAIL` in `.starphleet` to get certificates from ACME; then remove the \
+         key from headquarters and from its git history"
+    )
+}
+
+#[test]
+fn certificates_in_headquarters() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let secret = unique_secret();
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n");
+    write(root, "certs/app.test.crt", b"-----BEGIN CERTIFICATE-----\n");
+    write(root, "certs/app.test.key", pem.as_bytes());
+    write(root, "certs/_wildcard.example.com.crt", b"chain");
+    write(root, "certs/_wildcard.example.com.key", pem.as_bytes());
+    write(root, "certs/lonely.test.crt", b"chain");
+    write(root, "certs/keyonly.test.key", pem.as_bytes());
+    write(root, "certs/Upper.test.crt", b"chain");
+    write(root, "certs/Upper.test.key", pem.as_bytes());
+    write(root, "certs/empty.test.crt", b"");
+    write(root, "certs/empty.test.key", pem.as_bytes());
+    write(root, "certs/README.md", b"how we rotate");
+    write(root, "certs/.gitkeep", b"");
+    let hq = load_headquarters(root);
+    assert_eq!(
+        hq.certs,
+        [
+            HqCert {
+                host: "*.example.com".into(),
+                crt: "certs/_wildcard.example.com.crt".into(),
+                key: "certs/_wildcard.example.com.key".into(),
+            },
+            HqCert {
+                host: "app.test".into(),
+                crt: "certs/app.test.crt".into(),
+                key: "certs/app.test.key".into(),
+            },
+        ]
+    );
+    assert_eq!(
+        hq.render_errors(),
+        "certs/Upper.test.crt:1:1: error: `Upper.test.crt` does not name a host\n  = help: name \
+         the pair after the host it serves, in lower case: `certs/app.example.com.crt` and \
+         `certs/app.example.com.key`, or `certs/_wildcard.example.com.crt` and `.key` for \
+         `*.example.com`\n\n\
+         certs/Upper.test.key:1:1: error: `Upper.test.key` does not name a host\n  = help: name \
+         the pair after the host it serves, in lower case: `certs/app.example.com.crt` and \
+         `certs/app.example.com.key`, or `certs/_wildcard.example.com.crt` and `.key` for \
+         `*.example.com`\n\n\
+         certs/empty.test.crt:1:1: error: file is empty\n  = help: commit the PEM file itself, \
+         or remove it\n\n\
+         certs/keyonly.test.key:1:1: error: key without a certificate: add \
+         certs/keyonly.test.crt\n  = help: a key is used only with its certificate chain, named \
+         the same with `.crt`; or remove the key\n\n\
+         certs/lonely.test.crt:1:1: error: certificate without a key: add \
+         certs/lonely.test.key\n  = help: a certificate is used only with its private key, \
+         named the same with `.key`; or remove the certificate\n"
+    );
+    assert_eq!(
+        hq.render_warnings(),
+        [
+            key_warning("Upper.test", "Upper.test"),
+            key_warning("_wildcard.example.com", "*.example.com"),
+            key_warning("app.test", "app.test"),
+            key_warning("empty.test", "empty.test"),
+            key_warning("keyonly.test", "keyonly.test"),
+        ]
+        .join("\n\n")
+            + "\n"
+    );
+    assert!(hq.warnings.iter().all(|w| w.severity == Severity::Warning));
+    assert!(hq.errors.iter().all(|e| e.severity == Severity::Error));
+    // The keys' contents are never read into anything a consumer could show.
+    assert!(!everything_shown(&hq).contains(&secret));
+    assert!(!hq.render_warnings().contains(&secret));
+}
+
+#[test]
+fn certificate_symlinks_and_odd_entries() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "certs/a.test.crt", b"chain");
+    symlink("/etc/ssl/private/ship.key", root.join("certs/a.test.key")).unwrap();
+    std::fs::create_dir_all(root.join("certs/b.test.crt")).unwrap();
+    write(root, "certs/b.test.key", b"key");
+    let hq = load_headquarters(root);
+    assert!(hq.certs.is_empty());
+    // The symlink once (from the walk), no "missing key" on top; a folder is not a file.
+    assert_eq!(
+        hq.render_errors(),
+        "certs/b.test.crt:1:1: error: not a regular file (a folder)\n  = help: headquarters \
+         files must be plain files committed to git\n\n\
+         certs/a.test.key:1:1: error: symlinks are not allowed in headquarters\n  = help: \
+         replace the symlink with the file or folder itself; symlinks in headquarters are never \
+         followed\n"
+    );
+    assert_eq!(hq.warnings.len(), 1, "{}", hq.render_warnings());
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "certs", b"not a folder");
+    let hq = load_headquarters(dir.path());
+    assert_eq!(hq.errors[0].message, "`certs` is not a folder");
+}
+
+#[test]
+fn tls_hosts_without_a_certificate_are_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "web.orders",
+        format!(
+            "{ECHO}publish --private 3000 --tls --host app.test --host api.test --url /\n\
+             publish --private 3000 --tls --host x.example.com --host '*.wild.test' --url /w\n\
+             publish --private 3000 --public 8080 --host plain.test\n"
+        )
+        .as_bytes(),
+    );
+    write(root, "certs/_wildcard.example.com.crt", b"chain");
+    write(root, "certs/_wildcard.example.com.key", b"key");
+    write(root, "certs/api.test.crt", b"chain");
+    write(root, "certs/api.test.key", b"key");
+    let hq = load_headquarters(root);
+    assert!(hq.errors.is_empty(), "{}", hq.render_errors());
+    assert_eq!(hq.orders.len(), 1, "warnings never block an order");
+    let tls_warnings: Vec<String> = hq
+        .warnings
+        .iter()
+        .filter(|w| w.path == Path::new("web.orders"))
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(
+        tls_warnings,
+        [
+            "web.orders:2:37: warning: no certificate for `app.test` in headquarters, and ACME is \
+             off (no `STARPHLEET_ACME_EMAIL`)\n  |\n2 | publish --private 3000 --tls --host \
+             app.test --host api.test --url /\n  |                                     ^^^^^^^^\n  \
+             = help: fine if every ship has `<state-dir>/certs/app.test.crt` and `.key` (check \
+             cannot see them); otherwise put them there, or commit `certs/app.test.crt` and \
+             `certs/app.test.key` to headquarters; or set `STARPHLEET_ACME_EMAIL=you@example.com` \
+             in `.starphleet` so ships get one from ACME (Let's Encrypt unless \
+             `STARPHLEET_ACME_DIRECTORY` says otherwise)",
+            "web.orders:3:58: warning: no certificate for `*.wild.test` in headquarters\n  |\n\
+             3 | publish --private 3000 --tls --host x.example.com --host '*.wild.test' --url /w\n  \
+             |                                                          ^^^^^^^^^^^^^\n  = help: \
+             fine if every ship has `<state-dir>/certs/_wildcard.wild.test.crt` and `.key` (check \
+             cannot see them); otherwise put them there, or commit \
+             `certs/_wildcard.wild.test.crt` and `certs/_wildcard.wild.test.key` to headquarters",
+        ]
+    );
+
+    // With ACME on, only the wildcard is left: HTTP-01 cannot get one.
+    write(
+        root,
+        ".starphleet",
+        b"STARPHLEET_ACME_EMAIL=ops@example.com\n",
+    );
+    let hq = load_headquarters(root);
+    let messages: Vec<_> = hq
+        .warnings
+        .iter()
+        .filter(|w| w.path == Path::new("web.orders"))
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "no certificate for `*.wild.test` in headquarters, and ACME cannot get a wildcard \
+          certificate (HTTP-01 covers single names only)"
+        ]
+    );
+    // A broken `.starphleet` says nothing about ACME: no guesses.
+    write(root, ".starphleet", b"STARPHLEET_ACME_EMAIL=nobody\n");
+    let hq = load_headquarters(root);
+    assert!(hq.settings_broken());
+    assert!(hq.warnings.iter().all(|w| w.path.starts_with("certs")));
+}
+
+#[test]
+fn certificates_cover_one_label_of_a_wildcard() {
+    use crate::certs::covers;
+    assert!(covers("app.test", "app.test"));
+    assert!(covers("*.example.com", "a.example.com"));
+    assert!(covers("*.example.com", "*.example.com"));
+    assert!(!covers("*.example.com", "example.com"));
+    assert!(!covers("*.example.com", "a.b.example.com"));
+    assert!(!covers("*.b.example.com", "*.example.com"));
+    assert!(!covers("a.test", "b.test"));
+}
+
+#[test]
+fn new_grammar_never_panics() {
+    let long = "x".repeat(100_000);
+    let inputs = [
+        "publish --tls=".to_string(),
+        "publish --host".into(),
+        "publish --host=*".into(),
+        "publish --host '*.'".into(),
+        "publish --max-body 99999999999999999999999999g".into(),
+        "publish --private 1 --tls --public 80 --no-redirect=x".into(),
+        "memory 18446744073709551615T".into(),
+        "cpus 999999999999999999999.99".into(),
+        "pids -9223372036854775808".into(),
+        "base --sha256".into(),
+        "base file://".into(),
+        "base http://[".into(),
+        "build --timeout=".into(),
+        "build --timeout 99999999999999999999h".into(),
+        "buildpack #".into(),
+        format!("base {long}"),
+        format!("publish --private 1 --host {long}"),
+        format!("{long} http://{long}:1"),
+        "n http://[::1".into(),
+        "n http://a:99999999999".into(),
+        "STARPHLEET_ROLLOUT=99999999999\nSTARPHLEET_ACME_DIRECTORY=http://[".into(),
+    ];
+    for text in &inputs {
+        for d in parse_order("echo", Path::new("echo.orders"), text)
+            .err()
+            .into_iter()
+            .flatten()
+            .chain(
+                parse_app(Path::new("Starphleet"), text)
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(ships(text).1)
+        {
+            assert!(d.line >= 1 && d.column >= 1 && d.width >= 1);
+            let _ = d.to_string();
+        }
+        let _ = parse_healthcheck_file(text);
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), ".starphleet", text.as_bytes());
+        let _ = load_headquarters(dir.path()).render_errors();
+    }
 }

@@ -1,4 +1,4 @@
-//! The examples in the user docs parse: every ```orders, ```starphleet and ```env block.
+//! The examples in the user docs parse: every ```orders, ```starphleet, ```env and ```ships block.
 
 use std::path::{Path, PathBuf};
 
@@ -62,5 +62,26 @@ fn env_examples_parse() {
         if let Err(d) = starphleet_orders::parse_env_file(Path::new(".starphleet"), &text) {
             panic!("{}: example does not parse:\n{}", file.display(), render(d));
         }
+    }
+}
+
+#[test]
+fn ships_examples_parse() {
+    let found = blocks("ships");
+    assert!(!found.is_empty(), "no ships examples found");
+    for (file, text) in found {
+        let (ships, diagnostics) = starphleet_orders::parse_ships(Path::new("ships"), &text);
+        if !diagnostics.is_empty() {
+            panic!(
+                "{}: example does not parse:\n{}",
+                file.display(),
+                render(diagnostics)
+            );
+        }
+        assert!(
+            !ships.is_empty(),
+            "{}: example lists no ship",
+            file.display()
+        );
     }
 }

@@ -400,10 +400,8 @@ async fn app_spec(ctx: &Ctx, mirror: &Path, job: &DeployJob) -> Result<AppSpec, 
     if let Some(bytes) = read("Procfile").await?.map_err(fetch_error)? {
         if let Some(web) = starphleet_orders::parse_procfile(&String::from_utf8_lossy(&bytes)) {
             return Ok(AppSpec {
-                build: Vec::new(),
                 start: Some(web),
-                healthcheck: None,
-                env: Vec::new(),
+                ..AppSpec::default()
             });
         }
     }

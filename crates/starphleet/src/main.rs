@@ -385,23 +385,48 @@ fn check(dir: &Path, admin_port: u16) -> ExitCode {
         )],
     };
     let hq = starphleet_orders::load_headquarters_with(dir, &opts);
+    // Diagnostics on stderr, errors first; warnings never fail the check.
+    let diagnostics = [hq.render_errors(), hq.render_warnings()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !diagnostics.is_empty() {
+        eprintln!("{diagnostics}");
+    }
+    let summary = check_summary(&hq, dir);
     if hq.errors.is_empty() {
-        println!(
-            "{}: {} order{} OK",
-            dir.display(),
-            hq.orders.len(),
-            if hq.orders.len() == 1 { "" } else { "s" }
-        );
+        println!("{summary}");
         ExitCode::SUCCESS
     } else {
-        eprintln!("{}", hq.render_errors());
-        eprintln!(
-            "{} error{} in {}",
-            hq.errors.len(),
-            if hq.errors.len() == 1 { "" } else { "s" },
-            dir.display()
-        );
+        eprintln!("{summary}");
         ExitCode::FAILURE
+    }
+}
+
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The last line of `check`: `hq: 3 orders OK, 1 warning` or `2 errors, 1 warning in hq`.
+fn check_summary(hq: &starphleet_orders::Headquarters, dir: &Path) -> String {
+    let warnings = match hq.warnings.len() {
+        0 => String::new(),
+        n => format!(", {}", count(n, "warning")),
+    };
+    if hq.errors.is_empty() {
+        format!(
+            "{}: {} OK{warnings}",
+            dir.display(),
+            count(hq.orders.len(), "order")
+        )
+    } else {
+        format!(
+            "{}{warnings} in {}",
+            count(hq.errors.len(), "error"),
+            dir.display()
+        )
     }
 }
 
@@ -612,8 +637,42 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{check_summary, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn check_summary_counts_errors_and_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        let echo = "autodeploy https://github.com/wballard/echo.git\n";
+        write("a.orders", echo);
+        write("b.orders", echo);
+        write("c.orders", echo);
+        let hq = starphleet_orders::load_headquarters(dir.path());
+        let shown = dir.path().display();
+        assert_eq!(
+            check_summary(&hq, dir.path()),
+            format!("{shown}: 3 orders OK")
+        );
+        write("certs/app.test.crt", "chain");
+        write("certs/app.test.key", "key");
+        let hq = starphleet_orders::load_headquarters(dir.path());
+        assert_eq!(
+            check_summary(&hq, dir.path()),
+            format!("{shown}: 3 orders OK, 1 warning")
+        );
+        write("b.orders", "publsh\n");
+        write("certs/other.test.key", "key");
+        let hq = starphleet_orders::load_headquarters(dir.path());
+        assert_eq!(
+            check_summary(&hq, dir.path()),
+            format!("3 errors, 2 warnings in {shown}")
+        );
+    }
 
     #[test]
     fn durations() {
