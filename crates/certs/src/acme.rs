@@ -109,7 +109,9 @@ pub struct ChallengeSet {
     /// `GET /.well-known/acme-challenge/<token>` (any host, port 80, `text/plain`).
     pub http01: BTreeMap<String, String>,
     /// TLS-ALPN-01: `(host, cert, key)` PEM files to present to a client that asks for
-    /// `host` by SNI with ALPN `acme-tls/1` (and then close the connection).
+    /// `host` by SNI with ALPN `acme-tls/1` (and then close the connection). Load them with
+    /// `CertifiedKey::new`, not `CertifiedKey::from_der`: the latter's key check parses the
+    /// certificate with webpki, which refuses the critical acmeIdentifier extension.
     pub tls_alpn01: Vec<(String, PathBuf, PathBuf)>,
 }
 
@@ -148,8 +150,8 @@ pub enum AcmeError {
     /// No trusted roots to check the ACME server's HTTPS with.
     #[error("cannot check the ACME server's HTTPS: {0}")]
     Trust(String),
-    /// The ACME server refused a request, or did not answer in time.
-    #[error("the ACME server {directory} answered while {during}: {detail}")]
+    /// The ACME server refused a request (`detail` is its answer), or did not answer in time.
+    #[error("{during} at the ACME server {directory} failed: {detail}")]
     Server {
         /// Its directory URL.
         directory: String,
@@ -180,7 +182,11 @@ pub enum AcmeError {
     #[error("the proxy did not take the ACME challenges: {0}")]
     Publish(String),
     /// The server could not validate control of the hosts, by any configured challenge type.
-    #[error("the ACME server could not validate {hosts}: {}", attempts.join("; "))]
+    #[error(
+        "the ACME server could not validate {hosts}: {}; check that {hosts} resolves to this ship \
+         and that the ACME server reaches it on that port",
+        attempts.join("; ")
+    )]
     NotValidated {
         /// The hosts ordered.
         hosts: String,
@@ -367,11 +373,7 @@ impl AcmeClient {
                 }
                 Err(Attempt::Invalid(why)) => {
                     tracing::warn!(hosts = ?hosts, challenge = kind.as_str(), "{why}");
-                    attempts.push(format!(
-                        "by {}: {why} (check that the host resolves to this ship and that {} reaches it)",
-                        kind.as_str(),
-                        kind.reach()
-                    ));
+                    attempts.push(format!("by {} on {}: {why}", kind.as_str(), kind.reach()));
                 }
                 Err(Attempt::Failed(e)) => return Err(e),
             }

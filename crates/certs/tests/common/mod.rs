@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+pub mod pebble;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
