@@ -11,6 +11,8 @@
 //! the [`Challenges`] trait, so this crate knows nothing of the proxy. [`CertStatus`] goes
 //! into `status`, [`metrics`] into `/metrics`.
 
+#![warn(missing_docs)]
+
 pub mod acme;
 mod files;
 pub mod manager;

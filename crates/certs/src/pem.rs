@@ -225,6 +225,13 @@ pub fn load(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, CertError> {
     match CertifiedKey::from_der(chain.clone(), key, &default_provider()) {
         Ok(_) => {}
         Err(rustls::Error::InconsistentKeys(_)) => return Err(CertError::KeyMismatch),
+        // The key check parses the leaf with webpki, which is stricter than x509-parser.
+        Err(rustls::Error::InvalidCertificate(e)) => {
+            return Err(CertError::BadCertificate {
+                index: 1,
+                detail: format!("{e:?}"),
+            })
+        }
         Err(e) => {
             return Err(CertError::UnusableKey {
                 detail: e.to_string(),

@@ -182,3 +182,19 @@ fn keys_in_pkcs8_sec1_and_pkcs1_forms_load() {
         CertError::KeyMismatch
     );
 }
+
+#[test]
+fn a_certificate_webpki_refuses_is_named_as_the_certificate_not_the_key() {
+    // A critical extension no TLS client knows (here: RFC 8737's acmeIdentifier).
+    let key = KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["app.test".to_string()]).unwrap();
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7; 32])];
+    let cert = params.self_signed(&key).unwrap();
+    let e = load(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap_err();
+    match &e {
+        CertError::BadCertificate { index: 1, detail } => {
+            assert!(detail.contains("UnsupportedCriticalExtension"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
