@@ -339,6 +339,27 @@ fn stat_field(path: &Path, key: &str) -> Result<Option<u64>> {
     }))
 }
 
+/// How often the kernel killed a process of the cgroup at absolute `path` (a container's
+/// `cgroupsPath`) for running out of memory; readable while the cgroup exists, also after
+/// its processes are gone — which is when the ship asks why a container died.
+pub fn oom_kills_at(path: &str) -> Option<u64> {
+    let mounts = mountinfo().ok()?;
+    let rel = path.trim_start_matches('/');
+    let v1 = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"))
+        .map(|m| m.mount_point.join(rel).join("memory.oom_control"));
+    let v2 = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.mount_point.join(rel).join("memory.events"));
+    [v1, v2]
+        .into_iter()
+        .flatten()
+        .find(|f| f.exists())
+        .and_then(|f| stat_field(&f, "oom_kill").ok().flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,23 @@ use crate::telemetry::version_label;
 
 /// How long an old version may finish in-flight requests after a switch, unless the order says otherwise.
 pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// A container's memory limit unless its order or `Starphleet` names one (`memory`).
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// A container's process limit unless its order or `Starphleet` names one (`pids`).
+pub const DEFAULT_PIDS: i64 = 1024;
+
+/// The limits a container gets: the order's, else the app's, else the defaults (no CPU
+/// limit by default: an idle ship lends its cores to whoever needs them).
+fn limits(order: &starphleet_orders::Order, app: &AppSpec) -> starphleet_runtime::Limits {
+    let r = order.resources.over(&app.resources);
+    starphleet_runtime::Limits {
+        memory_bytes: Some(r.memory_bytes.unwrap_or(DEFAULT_MEMORY)),
+        pids: Some(r.pids.unwrap_or(DEFAULT_PIDS)),
+        cpu_millis: r.cpu_millis,
+        ..starphleet_runtime::Limits::default()
+    }
+}
+
 /// Where the `starphleet` binary is bound in each container to run as its init (`starphleet init`).
 const INIT_PATH: &str = "/.starphleet/starphleet";
 
@@ -255,7 +272,7 @@ async fn pipeline(
     {
         let _guard = ctx.lock(&mirror.to_string_lossy()).await;
         let (git, dir, commit, u) = (
-            ctx.git.clone(),
+            ctx.git.clone().with_timeouts(job.git_timeouts),
             mirror.clone(),
             want.app_commit.clone(),
             url.clone(),
@@ -297,8 +314,15 @@ async fn pipeline(
         .ok_or(DeployError::ShipStopping)?
         .map_err(DeployError::Allocate)?;
     let mut containers = Vec::new();
+    let launch = Launch {
+        layer: &layer,
+        start: &start,
+        env: &env,
+        private,
+        limits: limits(order, &app),
+    };
     for r in records {
-        let pid = start_container(ctx, job, &layer, &start, &env, private, &r).await?;
+        let pid = start_container(ctx, job, &launch, &r).await?;
         owner.send(Event::Started {
             service: job.service.clone(),
             container: r.id.clone(),
@@ -451,6 +475,12 @@ async fn build(
     );
     let build_lines = app.build.clone();
     let fresh = job.fresh_build;
+    let timeout = job
+        .version
+        .order
+        .build_timeout
+        .or(app.build_timeout)
+        .unwrap_or(starphleet_build::DEFAULT_BUILD_TIMEOUT);
     let env = with_defaults(env);
     let layer = tokio::task::spawn_blocking(move || {
         let id = ctx2.names.build_container(seq);
@@ -470,7 +500,7 @@ async fn build(
             container_id: &id,
             cgroups_path: &cgroup,
             fresh,
-            timeout: starphleet_build::DEFAULT_BUILD_TIMEOUT,
+            timeout,
             max_log_bytes: starphleet_build::DEFAULT_MAX_LOG_BYTES,
         })
     })
@@ -490,16 +520,29 @@ fn with_defaults(env: &[(String, String)]) -> Vec<(String, String)> {
     crate::env::merge(&[&defaults, env])
 }
 
+/// What every container of one version starts from.
+struct Launch<'a> {
+    layer: &'a Layer,
+    start: &'a str,
+    env: &'a [(String, String)],
+    private: Option<u16>,
+    limits: starphleet_runtime::Limits,
+}
+
 /// Starts one recorded container of the version: netns, bundle, runtime. Returns its init pid.
 async fn start_container(
     ctx: &Arc<Ctx>,
     job: &DeployJob,
-    layer: &Layer,
-    start: &str,
-    env: &[(String, String)],
-    private: Option<u16>,
+    launch: &Launch<'_>,
     record: &ContainerRecord,
 ) -> Result<u32, DeployError> {
+    let Launch {
+        layer,
+        start,
+        env,
+        private,
+        limits,
+    } = launch;
     let logs = ctx.layout.service_logs(&job.service);
     let _ = std::fs::create_dir_all(&logs);
     let net = ctx.names.net();
@@ -517,7 +560,7 @@ async fn start_container(
         source,
     })?;
     let mut env = with_defaults(env);
-    if let Some(port) = private {
+    if let Some(port) = *private {
         env = crate::env::merge(&[&env, &[("PORT".to_string(), port.to_string())]]);
     }
     let hostname = crate::names::hostname(&job.service);
@@ -547,7 +590,7 @@ async fn start_container(
         stdout: record.stdout.clone(),
         stderr: record.stderr.clone(),
         readonly_app: false,
-        ..ContainerSpec::default()
+        limits: *limits,
     };
     let runtime = ctx.runtime.clone();
     let pid = tokio::task::spawn_blocking(move || runtime.start(&spec))

@@ -104,8 +104,8 @@ pub(crate) async fn run(
 
         if !hq_running {
             hq_running = true;
-            let (ctx, known) = (ctx.clone(), hq_loaded.clone());
-            jobs.spawn(async move { Found::Hq(follow_hq(ctx, known).await) });
+            let (ctx, known, t) = (ctx.clone(), hq_loaded.clone(), timeouts(&view));
+            jobs.spawn(async move { Found::Hq(follow_hq(ctx, known, t).await) });
         }
 
         let env_dir = ctx.layout.env_dir();
@@ -131,7 +131,8 @@ pub(crate) async fn run(
                 continue;
             }
             apps_running.insert(source.clone());
-            let (git, permits) = (ctx.git.clone(), permits.clone());
+            let git = ctx.git.clone().with_timeouts(timeouts(&view));
+            let permits = permits.clone();
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let s = source.clone();
@@ -156,14 +157,14 @@ pub(crate) fn poll_interval(ctx: &Ctx, view: &watch::Receiver<View>) -> Duration
     view.snapshot
         .hq
         .as_ref()
-        .and_then(|hq| {
-            hq.settings
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "STARPHLEET_POLL_INTERVAL")
-        })
-        .and_then(|(_, v)| starphleet_orders::parse_duration(v))
+        .and_then(|hq| hq.phleet.poll_interval)
         .unwrap_or(DEFAULT_POLL_INTERVAL)
+}
+
+/// git's timeouts as HQ's `.starphleet` sets them.
+fn timeouts(view: &watch::Receiver<View>) -> starphleet_git::GitTimeouts {
+    let view = view.borrow();
+    crate::owner::core::git_timeouts(view.snapshot.hq.as_deref().map(|hq| &hq.phleet))
 }
 
 /// The app sources HQ orders, once each.
@@ -185,9 +186,10 @@ fn sources(view: &watch::Receiver<View>) -> Vec<GitSource> {
 async fn follow_hq(
     ctx: Arc<Ctx>,
     known: Option<String>,
+    timeouts: starphleet_git::GitTimeouts,
 ) -> Result<Option<(String, Box<Headquarters>)>, String> {
     let source = crate::ship::split_source(&ctx.opts.headquarters);
-    let git = ctx.git.clone();
+    let git = ctx.git.clone().with_timeouts(timeouts);
     let dir = ctx.layout.hq();
     let reserved = ctx.reserved_ports();
     tokio::task::spawn_blocking(move || {

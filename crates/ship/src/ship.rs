@@ -258,6 +258,7 @@ impl Ship {
             )),
             tokio::spawn(crate::supervise::run(
                 owner_tx.clone(),
+                ctx.names.clone(),
                 view.clone(),
                 stop.clone(),
             )),

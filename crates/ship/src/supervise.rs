@@ -18,7 +18,12 @@ use crate::state::ContainerRecord;
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(200);
 
 /// Watches every started container of the state until `stop`.
-pub(crate) async fn run(owner: OwnerTx, mut view: watch::Receiver<View>, stop: CancellationToken) {
+pub(crate) async fn run(
+    owner: OwnerTx,
+    names: crate::names::Names,
+    mut view: watch::Receiver<View>,
+    stop: CancellationToken,
+) {
     let mut watching: HashMap<String, (u32, AbortHandle)> = HashMap::new();
     loop {
         let wanted: HashMap<String, ContainerRecord> = {
@@ -50,10 +55,20 @@ pub(crate) async fn run(owner: OwnerTx, mut view: watch::Receiver<View>, stop: C
             }
             let owner = owner.clone();
             let pid = c.pid;
+            let cgroup = names.cgroup(&c.id);
             let task = tokio::spawn(async move {
                 exited(pid).await;
                 let tail = tokio::task::spawn_blocking(move || {
-                    let tail = crate::deploy::tail_output(&c);
+                    // Its cgroup outlives its processes until the container is deleted.
+                    let mut tail = crate::deploy::tail_output(&c);
+                    if let Some(n) = starphleet_runtime::cgroups::oom_kills_at(&cgroup)
+                        .filter(|&n| n > 0)
+                    {
+                        tail = format!(
+                            "the kernel killed it for running out of memory ({n} OOM kill{}; raise `memory` in its order or Starphleet)\n{tail}",
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
                     (c.id, tail)
                 })
                 .await;

@@ -109,6 +109,10 @@ pub struct ContainerSample {
     pub memory_peak_bytes: Option<u64>,
     /// Tasks (threads) in the cgroup: pids.current.
     pub threads: u64,
+    /// Its memory limit, bytes, when it has one.
+    pub memory_limit_bytes: Option<u64>,
+    /// Times the kernel killed one of its processes for running out of memory.
+    pub oom_kills: Option<u64>,
     /// Its veth counters, when it has its own network namespace.
     pub net: Option<NetSample>,
     /// Times the ship restarted it (the ship's count; [`sample_container`] leaves it 0).
@@ -240,6 +244,8 @@ pub async fn sample_container(
         memory_working_set_bytes: cg.memory_bytes,
         memory_peak_bytes: cg.memory_peak_bytes,
         threads: cg.pids,
+        memory_limit_bytes: cg.memory_limit_bytes,
+        oom_kills: cg.oom_kills,
         net,
         restarts: 0,
         started_at_s,
@@ -379,6 +385,20 @@ impl Collector for ScrapeCollector {
             "Maximum memory usage recorded in bytes.",
             Gauge,
             c().filter_map(|(l, v)| Some((l, v.memory_peak_bytes?))),
+        )?;
+        family(
+            &mut e,
+            "container_spec_memory_limit_bytes",
+            "Memory limit for the container.",
+            Gauge,
+            c().filter_map(|(l, v)| Some((l, v.memory_limit_bytes?))),
+        )?;
+        family(
+            &mut e,
+            "container_oom_events",
+            "Count of out of memory events observed for the container.",
+            Counter,
+            c().filter_map(|(l, v)| Some((l, v.oom_kills?))),
         )?;
         family(
             &mut e,

@@ -27,6 +27,8 @@ fn sample_scrape(n: usize) -> Scrape {
                     memory_working_set_bytes: 50 << 20,
                     memory_peak_bytes: (i % 2 == 0).then_some(60 << 20),
                     threads: 4,
+                    memory_limit_bytes: (i % 3 == 0).then_some(256 << 20),
+                    oom_kills: Some((i % 2) as u64),
                     net: (i % 5 != 0).then(|| NetSample {
                         rx_bytes: 1000,
                         tx_bytes: 2000,
@@ -121,6 +123,8 @@ fn rendered_metrics_use_cadvisor_names_and_show_only_what_is_known() {
         "# TYPE container_memory_working_set_bytes gauge",
         "# TYPE container_memory_max_usage_bytes gauge",
         "# TYPE container_threads gauge",
+        "# TYPE container_spec_memory_limit_bytes gauge",
+        "# TYPE container_oom_events_total counter",
         "# TYPE container_network_receive_bytes_total counter",
         "# TYPE container_network_transmit_bytes_total counter",
         "# TYPE container_network_receive_errors_total counter",

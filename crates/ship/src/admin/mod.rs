@@ -64,6 +64,8 @@ pub(crate) async fn live_status(admin: &Admin) -> Status {
                 c.memory_bytes = Some(sample.memory_working_set_bytes);
                 c.memory_peak_bytes = sample.memory_peak_bytes;
                 c.threads = Some(sample.threads);
+                c.memory_limit_bytes = sample.memory_limit_bytes;
+                c.oom_kills = sample.oom_kills;
                 c.net_rx_bytes = sample.net.as_ref().map(|n| n.rx_bytes);
                 c.net_tx_bytes = sample.net.as_ref().map(|n| n.tx_bytes);
             }

@@ -134,6 +134,12 @@ pub struct ContainerStatus {
     /// Threads in its cgroup.
     #[serde(default)]
     pub threads: Option<u64>,
+    /// Its memory limit, bytes.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Times the kernel killed one of its processes for running out of memory.
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
     /// Bytes it received on its veth.
     #[serde(default)]
     pub net_rx_bytes: Option<u64>,
@@ -216,6 +222,8 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
                             memory_bytes: None,
                             memory_peak_bytes: None,
                             threads: None,
+                            memory_limit_bytes: None,
+                            oom_kills: None,
                             net_rx_bytes: None,
                             net_tx_bytes: None,
                             host_if: c.host_if.clone(),

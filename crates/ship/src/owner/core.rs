@@ -156,6 +156,8 @@ pub(crate) struct DeployJob {
     pub reason: Reason,
     /// Build afresh instead of reusing a cached layer.
     pub fresh_build: bool,
+    /// git's timeouts, from `.starphleet`.
+    pub git_timeouts: starphleet_git::GitTimeouts,
 }
 
 /// A drain to run.
@@ -175,7 +177,7 @@ pub(crate) struct DrainJob {
 #[derive(Debug)]
 pub(crate) enum Effect {
     /// Start a deploy pipeline.
-    Deploy(DeployJob),
+    Deploy(Box<DeployJob>),
     /// Tell a deploy pipeline to stop.
     Cancel(u64),
     /// Start a drain.
@@ -514,6 +516,19 @@ impl Core {
         Some((self.state.clone(), std::mem::take(&mut self.after_persist)))
     }
 
+    /// git's timeouts as `.starphleet` sets them (`STARPHLEET_GIT_TIMEOUT`).
+    pub fn git_timeouts(&self) -> starphleet_git::GitTimeouts {
+        git_timeouts(self.world.hq.as_deref().map(|hq| &hq.phleet))
+    }
+
+    /// The build cache's cap (`STARPHLEET_BUILD_CACHE_MAX`).
+    fn build_cache_cap(&self) -> u64 {
+        self.world
+            .hq
+            .as_ref()
+            .map_or(crate::gc::DEFAULT_CAP, |hq| hq.phleet.build_cache_max)
+    }
+
     /// Ids of the deploys in flight.
     pub fn in_flight_deploys(&self) -> BTreeSet<u64> {
         self.world.deploys.values().map(|d| d.deploy).collect()
@@ -571,6 +586,7 @@ impl Core {
         let hq = match (&self.world.hq, hq.settings_broken()) {
             (Some(old), true) => Headquarters {
                 settings: old.settings.clone(),
+                phleet: old.phleet.clone(),
                 ..hq
             },
             _ => hq,
@@ -704,7 +720,7 @@ impl Core {
             }
             self.world.deploys.remove(&wait.service);
             self.effects.push(Effect::CollectBuilds {
-                cap: crate::gc::DEFAULT_CAP,
+                cap: self.build_cache_cap(),
             });
             info!(service = %wait.service, deploy = wait.deploy, "serving");
             self.effects.push(Effect::Note {
@@ -860,13 +876,15 @@ impl Core {
                         svc.redeploy_requested = false;
                     }
                 }
-                self.effects.push(Effect::Deploy(DeployJob {
+                let git_timeouts = self.git_timeouts();
+                self.effects.push(Effect::Deploy(Box::new(DeployJob {
                     deploy,
                     service,
                     version: *version,
                     reason,
                     fresh_build,
-                }));
+                    git_timeouts,
+                })));
             }
             Action::Cancel { service, deploy } => {
                 if let Some(d) = self.world.deploys.get_mut(&service) {
@@ -1002,6 +1020,21 @@ impl Core {
         for w in self.switches.iter_mut().filter(|w| w.routes.is_none()) {
             w.routes = Some(self.routes.version);
         }
+    }
+}
+
+/// git's timeouts under `settings`: the ls-remote timeout as set, fetches at least 10 min.
+pub(crate) fn git_timeouts(
+    settings: Option<&starphleet_orders::PhleetSettings>,
+) -> starphleet_git::GitTimeouts {
+    let default = starphleet_git::GitTimeouts::default();
+    match settings {
+        Some(p) => starphleet_git::GitTimeouts {
+            ls_remote: p.git_timeout.unwrap_or(default.ls_remote),
+            fetch: p.fetch_timeout(),
+            ..default
+        },
+        None => default,
     }
 }
 

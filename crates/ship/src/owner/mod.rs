@@ -130,7 +130,7 @@ pub(crate) async fn run(
                 core::Effect::Deploy(job) => {
                     let cancel = stop.child_token();
                     cancels.insert(job.deploy, cancel.clone());
-                    tokio::spawn(crate::deploy::run(ctx.clone(), tx.clone(), job, cancel));
+                    tokio::spawn(crate::deploy::run(ctx.clone(), tx.clone(), *job, cancel));
                 }
                 core::Effect::Cancel(deploy) => {
                     if let Some(c) = cancels.get(&deploy) {

@@ -59,7 +59,7 @@ fn deploys(effects: &[Effect]) -> Vec<DeployJob> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Deploy(j) => Some(j.clone()),
+            Effect::Deploy(j) => Some((**j).clone()),
             _ => None,
         })
         .collect()
