@@ -31,7 +31,6 @@ fn program(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let service = args.get(4).cloned().unwrap_or_else(|| "echo".into());
     let mut table = RouteTable {
         ship: "bench".into(),
-        generation: 0,
         ports: [(
             port,
             vec![Route {
@@ -42,10 +41,11 @@ fn program(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                     version: "v1".into(),
                     container: format!("{service}-1"),
                 }],
-                retry_after: None,
+                ..Route::default()
             }],
         )]
         .into(),
+        ..RouteTable::default()
     };
     let client = ProxyClient::new(&args[0]);
     tokio::runtime::Builder::new_current_thread()

@@ -68,7 +68,7 @@ impl Raw {
                 version: "v1".into(),
                 container: "raw-1".into(),
             }],
-            retry_after: None,
+            ..Route::default()
         }
     }
 

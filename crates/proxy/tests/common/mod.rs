@@ -177,9 +177,9 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
         let opts = ProxyOptions {
-            control_socket: socket.clone(),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             access_log_dir: Some(dir.path().join("access")),
+            ..ProxyOptions::new(&socket)
         };
         let task = tokio::spawn(starphleet_proxy::run(opts));
         let client = ProxyClient::new(&socket);
@@ -226,15 +226,15 @@ pub fn route(prefix: &str, service: &str, upstreams: &[&Backend]) -> Route {
         prefix: prefix.into(),
         service: service.into(),
         upstreams: upstreams.iter().map(|b| b.upstream()).collect(),
-        retry_after: None,
+        ..Route::default()
     }
 }
 
 pub fn table(ports: impl IntoIterator<Item = (u16, Vec<Route>)>) -> RouteTable {
     RouteTable {
         ship: SHIP.into(),
-        generation: 0,
         ports: ports.into_iter().collect(),
+        ..RouteTable::default()
     }
 }
 
