@@ -255,7 +255,16 @@ fn tick(limits: &Limits) -> Duration {
 /// left for the socket to carry out on the server's next read).
 pub(crate) async fn watchdog(state: &ConnState, limits: &Limits) -> Stop {
     let tick = tick(limits);
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    // Spread over the period: connections accepted in a burst do not all wake in the same
+    // millisecond, every tick, stealing it from the requests being served.
+    let spread = Duration::from_nanos(
+        u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        ) % (tick.as_nanos() as u64).max(1),
+    );
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + tick + spread, tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ms = |d: Duration| d.as_millis() as u64;
     let mut seen = state.activity();
