@@ -26,6 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub mod control;
 mod daemon;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod guard;
 mod h1;
 mod inflight;
