@@ -1,64 +1,74 @@
 #!/usr/bin/env bash
-# proxy-vs-nginx.sh — Starphleet's data-plane proxy against nginx, side by side, on the same
-# upstream, in the same run.
+# proxy-vs-nginx.sh — Starphleet's data-plane proxy against nginx and HAProxy, side by side, on
+# the same upstream, in the same run: throughput, latency and CPU time per request, over plain
+# HTTP/1.1, TLS 1.3, new TLS connections and HTTP/2.
 #
-#   benches/proxy-vs-nginx.sh          # as root on Debian 12; about 90 s plus the build
+#   benches/proxy-vs-nginx.sh          # as root on Debian 12; about 6 minutes plus the build
 #
 # What it does
-#   1. apt-get installs `nginx` and `wrk` if missing (the distro's nginx service is never
-#      started or touched: every nginx here runs from its own prefix in a temp dir).
+#   1. apt-get installs what is missing: `nginx`, `haproxy`, `wrk`, `nghttp2-client` (h2load),
+#      `openssl` (the distro's nginx and haproxy services are never started or touched: each
+#      one here runs from its own config in a temp dir).
 #   2. Builds `starphleet` in release (`cargo build --release --bin starphleet`) and the
 #      route-programming helper `crates/proxy/examples/set_routes.rs`.
-#   3. Creates a private network namespace with only `lo` in it and runs everything there: all
-#      traffic is loopback, and nothing listens on the machine's own interfaces.
-#   4. Starts ONE upstream on 127.0.0.1:18000: a separate nginx, 1 worker, `return 200
-#      "hello, world\n"` (13 bytes) with unlimited keep-alive. nginx answering from memory is
-#      the cheapest HTTP server at hand, so the upstream is not the bottleneck; all proxies share
-#      it.
-#   5. Starts three proxies, each forwarding `/echo/…` to the upstream with the prefix stripped
+#   3. Makes one ECDSA P-256 certificate for `bench.test` (openssl), used by all three proxies.
+#   4. Creates a private network namespace with only `lo` in it (and `/etc/netns/NS/hosts`
+#      resolving bench.test to 127.0.0.1, which `ip netns exec` shows as /etc/hosts) and runs
+#      everything there: all traffic is loopback.
+#   5. Starts ONE upstream on 127.0.0.1:18000: a separate nginx, 1 worker, `return 200
+#      "hello, world\n"` (13 bytes) with unlimited keep-alive; all proxies share it.
+#   6. Starts three proxies, each forwarding `/echo/…` to the upstream with the prefix stripped
 #      (`/echo/hi` arrives as `/hi`) and the same header work (Host kept, X-Forwarded-For,
-#      -Proto, -Host and -Prefix set, hop-by-hop headers dropped):
-#        nginx      :18001  `worker_processes auto`, `upstream { keepalive 64; }`,
-#                           `proxy_http_version 1.1`, `proxy_set_header Connection ""`,
-#                           access_log off;
-#        nginx+log  :18002  the same, with an access log file buffered like ours
-#                           (`access_log … buffer=32k flush=1s`);
-#        ours       :18003  `starphleet proxy --state-dir TMP` exactly as the ship runs it — it
-#                           always writes each container's access log file, which is why the
-#                           nginx+log column is the like-for-like one — programmed over
-#                           TMP/proxy.sock with one route `/echo` → the upstream.
-#   6. For ROUNDS rounds, the order of the proxies rotating each round, runs against each:
-#        throughput: wrk -t2 -c64 -d${DURATION}s  http://127.0.0.1:PORT/echo/hi
-#        latency:    wrk -t1 -c1  -d${LAT_DURATION}s (one connection, one request at a time)
-#      and prints the mean over the rounds: requests/s, p50/p99 latency, ours/nginx ratios,
-#      and each proxy's resident memory after the load (nginx: master + workers).
-#   7. Kills every process it started and removes its namespace and temp dir on exit (trap).
+#      -Proto, -Host and -Prefix set), each on a plain and a TLS port (TLS 1.2/1.3, ALPN h2 and
+#      http/1.1, upstream keep-alive):
+#        nginx    :18001 / :18101  `worker_processes auto`, `keepalive 64`, `access_log off`;
+#        haproxy  :18002 / :18102  `http-reuse always`, no log, threads as many as its CPUs;
+#        ours     :18003 / :18103  `starphleet proxy --state-dir TMP` exactly as the ship runs
+#                                  it (it always writes each container's access log, which the
+#                                  other two do not), programmed over TMP/proxy.sock.
+#   7. For ROUNDS rounds, the order of the proxies rotating each round, runs against each:
+#        c1        wrk -t1 -c1   plain HTTP/1.1, one request at a time (latency)
+#        c64       wrk -t2 -c64  plain HTTP/1.1, keep-alive (throughput)
+#        tls       wrk -t2 -c64  HTTPS, TLS 1.3, keep-alive (bulk crypto)
+#        tls-new   wrk -t2 -c16  HTTPS with `Connection: close`: one full TLS 1.3 handshake
+#                                per request (handshake cost; requests/s = connections/s)
+#        h2        h2load -c16 -m10 over TLS + ALPN h2, for DURATION seconds
+#      and reads each proxy's CPU time (utime + stime of the process and its children, from
+#      /proc/PID/stat: nginx master + workers, haproxy, ours) before and after each run: CPU
+#      time per request = used CPU / requests answered.
+#   8. Prints the means over the rounds as a markdown table: requests/s, p50/p99 latency (h2:
+#      mean), CPU µs per request, with ours/nginx and ours/haproxy ratios, and each proxy's
+#      resident memory after the load.
+#   9. Kills every process it started and removes its namespace, hosts file and temp dir on
+#      exit (trap).
 #
-# CPU pinning (PIN=1, the default with 2+ CPUs): on a small machine wrk, the upstream and the
-# proxy fight for the same cores and whoever the scheduler favours wins, so the proxy under
-# test gets the upper half of the CPUs (CPU 1 of 2) and wrk + the upstream the lower half
-# (CPU 0 of 2), for every proxy alike. nginx keeps `worker_processes auto` (one worker per
-# online CPU), ours one worker thread per CPU it may run on. PIN=0 runs everything unpinned.
+# CPU pinning (PIN=1, the default with 2+ CPUs): the proxy under test gets the upper half of
+# the CPUs (CPU 1 of 2), wrk/h2load + the upstream the lower half (CPU 0 of 2), for every proxy
+# alike. nginx keeps `worker_processes auto`, HAProxy its default threads, ours one worker thread
+# per CPU it may run on. PIN=0 runs everything unpinned.
 #
-# Knobs (environment): ROUNDS=2 DURATION=8 LAT_DURATION=4 PIN=1
+# Knobs (environment): ROUNDS=2 DURATION=6 LAT_DURATION=4 PIN=1
+#   CASES="c1 c64 tls tls-new h2"  the cases to run
 #   LTO=1                build starphleet with fat LTO and one codegen unit (into
-#                        target/bench-lto, leaving the shared target dir alone): what the
-#                        workspace's release profile would give with `lto = "fat"` and
-#                        `codegen-units = 1`
+#                        target/bench-lto, leaving the shared target dir alone)
 #   STARPHLEET_BIN=PATH  use this starphleet binary instead of building one
-#   KEEP=1               keep the temp dir (configs, logs, raw wrk output) and print its path
+#   KEEP=1               keep the temp dir (configs, logs, raw outputs) and print its path
 
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-2}
-DURATION=${DURATION:-8}
+DURATION=${DURATION:-6}
 LAT_DURATION=${LAT_DURATION:-4}
+CASES=${CASES:-c1 c64 tls tls-new h2}
 NCPU=$(nproc)
 [ "$ROUNDS" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be 1 or more" >&2; exit 2; }
 PIN=${PIN:-$([ "$NCPU" -ge 2 ] && echo 1 || echo 0)}
 UP_PORT=18000
-PROXIES=(nginx nginx+log ours)
-declare -A PORT=([nginx]=18001 [nginx+log]=18002 [ours]=18003)
+HOST=bench.test
+PROXIES=(nginx haproxy ours)
+declare -A PORT=([nginx]=18001 [haproxy]=18002 [ours]=18003)
+declare -A TLS_PORT=([nginx]=18101 [haproxy]=18102 [ours]=18103)
+CLK_TCK=$(getconf CLK_TCK)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP=$(mktemp -d /tmp/proxy-vs-nginx.XXXXXX)
@@ -80,6 +90,7 @@ cleanup() {
 		wait "$pid" 2>/dev/null || true
 	done
 	ip netns del "$NS" 2>/dev/null || true
+	rm -rf "/etc/netns/$NS"
 	if [ "${KEEP:-0}" = 1 ]; then
 		echo "kept $TMP" >&2
 	else
@@ -100,7 +111,10 @@ die() {
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing ${missing[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
@@ -108,6 +122,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 		{ apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
@@ -127,10 +142,18 @@ fi
 cargo build --release -p starphleet-proxy --example set_routes >&2
 SET_ROUTES=$TARGET/release/examples/set_routes
 
-# ------------------------------------------------------------------ namespace and pinning
+# ------------------------------------------------------------------ certificate, namespace
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+	-subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
+	-keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+chmod 644 "$TMP"/*.pem
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
+mkdir -p "/etc/netns/$NS"
+printf '127.0.0.1 localhost %s\n' "$HOST" >"/etc/netns/$NS/hosts"
 IN_NS=(ip netns exec "$NS")
 
 if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ]; then
@@ -139,7 +162,7 @@ if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ]; then
 	PROXY_CPUS=$([ "$half" = $((NCPU - 1)) ] && echo "$half" || echo "$half-$((NCPU - 1))")
 	ON_LOAD=("${IN_NS[@]}" taskset -c "$LOAD_CPUS")
 	ON_PROXY=("${IN_NS[@]}" taskset -c "$PROXY_CPUS")
-	PINNING="pinned: proxy on CPU $PROXY_CPUS, wrk + upstream on CPU $LOAD_CPUS"
+	PINNING="pinned: proxy on CPU $PROXY_CPUS, load + upstream on CPU $LOAD_CPUS"
 else
 	ON_LOAD=("${IN_NS[@]}")
 	ON_PROXY=("${IN_NS[@]}")
@@ -159,6 +182,16 @@ wait_200() {
 	die "127.0.0.1:$1$2 never answered 200 (logs in $TMP; KEEP=1 keeps them)"
 }
 
+# Waits until https://bench.test:$1/echo/hi answers 200 over TLS.
+wait_tls() {
+	for _ in $(seq 100); do
+		"${IN_NS[@]}" curl -sk --max-time 2 -o /dev/null -w '%{http_code}' \
+			"https://$HOST:$1/echo/hi" 2>/dev/null | grep -q 200 && return 0
+		sleep 0.1
+	done
+	die "https://$HOST:$1/echo/hi never answered 200 (logs in $TMP; KEEP=1 keeps them)"
+}
+
 # nginx temp paths: the distro build points them at /var/lib/nginx otherwise.
 nginx_paths() {
 	local d=$1
@@ -171,14 +204,28 @@ nginx_paths() {
 EOF
 }
 
+# The process and its children (nginx workers).
+tree() { echo "$1" $(pgrep -P "$1" || true); }
+
 # Resident memory of a process and its children, in MiB.
 rss_mib() {
 	local total=0 pid kb
-	for pid in "$1" $(pgrep -P "$1" || true); do
+	for pid in $(tree "$1"); do
 		kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
 		total=$((total + ${kb:-0}))
 	done
 	awk -v kb="$total" 'BEGIN { printf "%.1f", kb / 1024 }'
+}
+
+# CPU time (utime + stime, all threads) of a process and its children, in clock ticks.
+cpu_ticks() {
+	local total=0 pid t
+	for pid in $(tree "$1"); do
+		# Fields after the command name, which may hold spaces: utime is the 12th, stime 13th.
+		t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+		total=$((total + ${t:-0}))
+	done
+	echo "$total"
 }
 
 # ------------------------------------------------------------------ the upstream
@@ -206,29 +253,34 @@ EOF
 PIDS+=($!)
 wait_200 "$UP_PORT" /
 
-# ------------------------------------------------------------------ nginx, the reference
-
 declare -A PID
-start_nginx() { # NAME ACCESS_LOG_DIRECTIVE
-	local name=$1 dir="$TMP/$1"
-	mkdir -p "$dir/logs"
-	cat >"$dir/nginx.conf" <<EOF
+
+# ------------------------------------------------------------------ nginx
+
+dir="$TMP/nginx"
+mkdir -p "$dir/logs"
+cat >"$dir/nginx.conf" <<EOF
 worker_processes auto;
 error_log $dir/logs/error.log warn;
 pid $dir/nginx.pid;
 events { worker_connections 4096; }
 http {
 $(nginx_paths "$dir")
-    $2
+    access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $TMP/cert.pem;
+    ssl_certificate_key $TMP/key.pem;
     upstream backend {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:${PORT[$name]} backlog=4096;
+        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
+        server_name $HOST;
         location /echo/ {
             proxy_pass http://backend/;
             proxy_http_version 1.1;
@@ -242,14 +294,45 @@ $(nginx_paths "$dir")
     }
 }
 EOF
-	"${ON_PROXY[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' \
-		>>"$dir/logs/stderr" 2>&1 &
-	PID[$name]=$!
-	PIDS+=($!)
-	wait_200 "${PORT[$name]}" /echo/hi
-}
-start_nginx nginx "access_log off;"
-start_nginx nginx+log "access_log $TMP/nginx+log/logs/access.log combined buffer=32k flush=1s;"
+"${ON_PROXY[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' \
+	>>"$dir/logs/stderr" 2>&1 &
+PID[nginx]=$!
+PIDS+=($!)
+
+# ------------------------------------------------------------------ haproxy
+
+dir="$TMP/haproxy"
+mkdir -p "$dir"
+cat >"$dir/haproxy.cfg" <<EOF
+global
+    maxconn 8000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+frontend plain
+    bind 127.0.0.1:${PORT[haproxy]}
+    http-request set-header X-Forwarded-Proto http
+    default_backend upstream
+frontend tls
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/haproxy.pem alpn h2,http/1.1
+    http-request set-header X-Forwarded-Proto https
+    default_backend upstream
+backend upstream
+    http-reuse always
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Prefix /echo
+    http-request set-path %[path,regsub(^/echo/,/)]
+    server up 127.0.0.1:$UP_PORT
+EOF
+"${ON_PROXY[@]}" "$HAPROXY" -f "$dir/haproxy.cfg" -db >>"$dir/stderr" 2>&1 &
+PID[haproxy]=$!
+PIDS+=($!)
 
 # ------------------------------------------------------------------ ours
 
@@ -261,12 +344,17 @@ for _ in $(seq 100); do
 	[ -S "$TMP/ours/proxy.sock" ] && break
 	sleep 0.05
 done
-"$SET_ROUTES" "$TMP/ours/proxy.sock" "${PORT[ours]}" /echo "127.0.0.1:$UP_PORT" echo
-wait_200 "${PORT[ours]}" /echo/hi
+"$SET_ROUTES" "$TMP/ours/proxy.sock" "${PORT[ours]}" /echo "127.0.0.1:$UP_PORT" echo \
+	--tls "${TLS_PORT[ours]}" --cert "$TMP/cert.pem" --key "$TMP/key.pem" --host "$HOST"
+
+for name in "${PROXIES[@]}"; do
+	wait_200 "${PORT[$name]}" /echo/hi
+	wait_tls "${TLS_PORT[$name]}"
+done
 
 # ------------------------------------------------------------------ load
 
-# Converts a wrk duration (850.00us, 1.20ms, 2.00s) to microseconds.
+# Converts a duration (850.00us, 1.20ms, 2.00s) to microseconds.
 to_us() {
 	awk -v v="$1" 'BEGIN {
 		n = v + 0
@@ -277,27 +365,50 @@ to_us() {
 declare -A SUM
 add() { SUM[$1]=$(awk -v a="${SUM[$1]:-0}" -v b="$2" 'BEGIN { print a + b }'); }
 
-# bench NAME SCENARIO THREADS CONNS SECONDS: runs wrk, adds requests/s, p50 and p99 to SUM.
-bench() {
-	local name=$1 scen=$2 out rps p50 p99 bad
-	out=$("${ON_LOAD[@]}" wrk -t"$3" -c"$4" -d"$5"s --latency "http://127.0.0.1:${PORT[$name]}/echo/hi")
-	echo "$out" >>"$TMP/wrk-$name-$scen.txt"
-	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-	p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-	p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-	bad=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-	[ -z "$bad" ] || die "$name: $bad"
-	[ -n "$rps" ] || die "$name: wrk printed no result: $out"
-	printf '  %-10s %-4s %9.0f req/s  p50 %7.0f us  p99 %7.0f us\n' "$name" "$scen" "$rps" "$p50" "$p99" >&2
+# run_case NAME CASE: runs the load, adds requests/s, p50, p99 and CPU µs/request to SUM.
+run_case() {
+	local name=$1 scen=$2 out rps p50 p99 n bad cpu0 cpu1 cpu_us
+	local plain="http://127.0.0.1:${PORT[$name]}/echo/hi" tls="https://$HOST:${TLS_PORT[$name]}/echo/hi"
+	cpu0=$(cpu_ticks "${PID[$name]}")
+	case $scen in
+	c1) out=$("${ON_LOAD[@]}" wrk -t1 -c1 -d"$LAT_DURATION"s --latency "$plain") ;;
+	c64) out=$("${ON_LOAD[@]}" wrk -t2 -c64 -d"$DURATION"s --latency "$plain") ;;
+	tls) out=$("${ON_LOAD[@]}" wrk -t2 -c64 -d"$DURATION"s --latency "$tls") ;;
+	tls-new) out=$("${ON_LOAD[@]}" wrk -t2 -c16 -d"$DURATION"s --latency -H 'Connection: close' "$tls") ;;
+	h2) out=$("${ON_LOAD[@]}" h2load -c16 -m10 -t1 -D"$DURATION" "$tls") ;;
+	esac
+	cpu1=$(cpu_ticks "${PID[$name]}")
+	echo "$out" >>"$TMP/out-$name-$scen.txt"
+	if [ "$scen" = h2 ]; then
+		rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+		n=$(awk '/^requests:/ {print $8}' <<<"$out")
+		# h2load gives no percentiles: the mean time per request, twice.
+		p50=$(to_us "$(awk '/^time for request:/ {print $6}' <<<"$out")")
+		p99=$p50
+		bad=$(awk '/^requests:/ && ($10 != 0 || $12 != 0) {print}' <<<"$out")
+	else
+		rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+		n=$(awk '/requests in/ {print $1}' <<<"$out")
+		p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+		p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+		bad=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+	fi
+	[ -z "$bad" ] || die "$name $scen: $bad"
+	[ -n "$rps" ] && [ -n "$n" ] && [ "$n" -gt 0 ] || die "$name $scen: no result: $out"
+	cpu_us=$(awk -v t="$((cpu1 - cpu0))" -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+	printf '  %-8s %-8s %9.0f req/s  p50 %7.0f us  p99 %7.0f us  cpu %6.2f us/req\n' \
+		"$name" "$scen" "$rps" "$p50" "$p99" "$cpu_us" >&2
 	add "$name.$scen.rps" "$rps"
 	add "$name.$scen.p50" "$p50"
 	add "$name.$scen.p99" "$p99"
+	add "$name.$scen.cpu" "$cpu_us"
 }
 
-echo "upstream :$UP_PORT (nginx return 200); nginx :${PORT[nginx]}, nginx+log :${PORT[nginx+log]}, ours :${PORT[ours]}; $PINNING" >&2
+echo "upstream :$UP_PORT (nginx return 200); plain/TLS ports: nginx :${PORT[nginx]}/:${TLS_PORT[nginx]}, haproxy :${PORT[haproxy]}/:${TLS_PORT[haproxy]}, ours :${PORT[ours]}/:${TLS_PORT[ours]}; $PINNING" >&2
 echo "warming up" >&2
 for name in "${PROXIES[@]}"; do
 	"${ON_LOAD[@]}" wrk -t2 -c64 -d2s "http://127.0.0.1:${PORT[$name]}/echo/hi" >/dev/null
+	"${ON_LOAD[@]}" wrk -t2 -c64 -d1s "https://$HOST:${TLS_PORT[$name]}/echo/hi" >/dev/null
 done
 for round in $(seq "$ROUNDS"); do
 	# Rotate the order each round, so no proxy always runs first or last.
@@ -305,8 +416,9 @@ for round in $(seq "$ROUNDS"); do
 	order=("${PROXIES[@]:shift_by}" "${PROXIES[@]:0:shift_by}")
 	echo "round $round: ${order[*]}" >&2
 	for name in "${order[@]}"; do
-		bench "$name" c64 2 64 "$DURATION"
-		bench "$name" c1 1 1 "$LAT_DURATION"
+		for scen in $CASES; do
+			run_case "$name" "$scen"
+		done
 	done
 done
 declare -A RSS
@@ -316,29 +428,40 @@ done
 
 # ------------------------------------------------------------------ report
 
-mean() { awk -v s="${SUM[$1]}" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
+mean() { awk -v s="${SUM[$1]}" -v n="$ROUNDS" 'BEGIN { printf (s / n < 100 ? "%.2f" : "%.0f"), s / n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 echo
-echo "proxy vs nginx, $(date -u '+%Y-%m-%d %H:%M UTC'), $NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $PINNING"
-echo "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), wrk -t2 -c64 -d${DURATION}s and -t1 -c1 -d${LAT_DURATION}s, mean of $ROUNDS rounds; ours: $BUILD"
+echo "proxy vs nginx and haproxy, $(date -u '+%Y-%m-%d %H:%M UTC'), $NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $PINNING"
+echo "$("$NGINX" -v 2>&1 | sed 's|.*/|nginx |'), $("$HAPROXY" -v | awk 'NR == 1 {print "haproxy", $3}'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $(h2load --version | awk '{print $1, $2}'); mean of $ROUNDS rounds of ${DURATION}s (c1: ${LAT_DURATION}s); ours: $BUILD"
 echo
-printf '| %-22s | %9s | %9s | %9s | %10s | %14s |\n' "" nginx nginx+log ours "ours/nginx" "ours/nginx+log"
-printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------" "----------:" "----------:" "----------:" "-----------:" "---------------:"
+printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "" nginx haproxy ours "ours/nginx" "ours/haproxy"
+printf '|%s|%s|%s|%s|%s|%s|\n' "----------------------------" "----------:" "----------:" "----------:" "-----------:" "-------------:"
 row() { # LABEL KEY
 	local a b c
 	a=$(mean "nginx.$2")
-	b=$(mean "nginx+log.$2")
+	b=$(mean "haproxy.$2")
 	c=$(mean "ours.$2")
-	printf '| %-22s | %9s | %9s | %9s | %10s | %14s |\n' "$1" "$a" "$b" "$c" "$(ratio "$c" "$a")" "$(ratio "$c" "$b")"
+	printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "$1" "$a" "$b" "$c" "$(ratio "$c" "$a")" "$(ratio "$c" "$b")"
 }
-row "c64 requests/s" c64.rps
-row "c64 p50 latency (us)" c64.p50
-row "c64 p99 latency (us)" c64.p99
-row "c1 requests/s" c1.rps
-row "c1 p50 latency (us)" c1.p50
-row "c1 p99 latency (us)" c1.p99
-printf '| %-22s | %9s | %9s | %9s | %10s | %14s |\n' "RSS after load (MiB)" \
-	"${RSS[nginx]}" "${RSS[nginx+log]}" "${RSS[ours]}" \
-	"$(ratio "${RSS[ours]}" "${RSS[nginx]}")" "$(ratio "${RSS[ours]}" "${RSS[nginx+log]}")"
+for scen in $CASES; do
+	case $scen in
+	c1) label="HTTP/1.1 c1" ;;
+	c64) label="HTTP/1.1 c64" ;;
+	tls) label="TLS 1.3 c64" ;;
+	tls-new) label="new TLS conns c16" ;;
+	h2) label="HTTP/2 c16 m10" ;;
+	esac
+	row "$label requests/s" "$scen.rps"
+	if [ "$scen" = h2 ]; then
+		row "$label mean (us)" "$scen.p50"
+	else
+		row "$label p50 (us)" "$scen.p50"
+		row "$label p99 (us)" "$scen.p99"
+	fi
+	row "$label CPU us/request" "$scen.cpu"
+done
+printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "RSS after load (MiB)" \
+	"${RSS[nginx]}" "${RSS[haproxy]}" "${RSS[ours]}" \
+	"$(ratio "${RSS[ours]}" "${RSS[nginx]}")" "$(ratio "${RSS[ours]}" "${RSS[haproxy]}")"
 echo
-echo "requests/s: higher is better; latency and memory: lower is better."
+echo "requests/s: higher is better; latency, CPU per request and memory: lower is better."

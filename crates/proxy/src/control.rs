@@ -12,10 +12,19 @@
 //! ← {"result":"idle"}               or  {"result":"busy","data":{"in_flight":2}}
 //! → {"cmd":"status"}
 //! ← {"result":"status","data":{"pid":42,...}}
+//! → {"cmd":"listeners"}
+//! ← {"result":"listeners","data":{"ports":[80,443]}}   + the two sockets, SCM_RIGHTS
 //! ```
+//!
+//! `listeners` is answered with the listening sockets themselves, passed as file descriptors
+//! (SCM_RIGHTS) on the answer line, in the order of `ports`: a control plane that holds them
+//! keeps the ports open in the kernel while no proxy runs, so clients queue rather than being
+//! refused, and hands them to the next proxy ([`crate::ProxyOptions::inherited`]). It should
+//! drop its copy of a port the table no longer names, or that port keeps queueing.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,6 +58,8 @@ pub enum Request {
     },
     /// Stop accepting, let in-flight requests finish, exit.
     Shutdown,
+    /// Pass the listening sockets to the caller (see the module docs).
+    Listeners,
 }
 
 /// What the proxy is doing right now.
@@ -72,11 +83,17 @@ pub struct Status {
     /// Counters of every route in the table.
     #[serde(default)]
     pub routes: Vec<crate::RouteCounters>,
+    /// Hosts whose certificate (or TLS-ALPN-01 challenge certificate) in the table could not be
+    /// loaded, with why; the certificate loaded before for the host, if any, is still served.
+    #[serde(default)]
+    pub cert_errors: BTreeMap<String, String>,
 }
 
 /// The proxy's answer to one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", content = "data", rename_all = "snake_case")]
+// One answer per control request, moved once: boxing the large status would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Response {
     /// Done.
     Ok,
@@ -100,6 +117,11 @@ pub enum Response {
     Busy {
         /// Requests in flight to the containers, all together.
         in_flight: u64,
+    },
+    /// The answer to `Listeners`; the sockets travel with this line, in this order.
+    Listeners {
+        /// The public port of each socket.
+        ports: Vec<u16>,
     },
     /// The request was refused; nothing changed.
     Error(String),
@@ -276,6 +298,47 @@ impl ProxyClient {
             Response::Ok => Ok(()),
             other => Err(unexpected(&self.socket, "a shutdown", other)),
         }
+    }
+
+    /// Duplicates of the proxy's listening sockets, with their public ports. While they are
+    /// held, the ports stay open even if the proxy dies: connections queue in the kernel until
+    /// a proxy started with them ([`crate::ProxyOptions::inherited`]) accepts again.
+    pub async fn listeners(&self) -> Result<Vec<(u16, OwnedFd)>, ControlError> {
+        let socket = &self.socket;
+        within(socket, CALL_TIMEOUT, async {
+            let mut stream =
+                UnixStream::connect(socket)
+                    .await
+                    .map_err(|error| ControlError::Connect {
+                        socket: socket.to_owned(),
+                        error,
+                    })?;
+            let io = |error| ControlError::Io {
+                socket: socket.to_owned(),
+                error,
+            };
+            let mut line = serde_json::to_vec(&Request::Listeners).expect("requests serialize");
+            line.push(b'\n');
+            stream.write_all(&line).await.map_err(io)?;
+            let (answer, fds) = fdpass::receive_line(&stream).await.map_err(io)?;
+            if answer.is_empty() {
+                return Err(ControlError::Closed {
+                    socket: socket.to_owned(),
+                });
+            }
+            let answer: Response =
+                serde_json::from_slice(&answer).map_err(|error| ControlError::BadAnswer {
+                    socket: socket.to_owned(),
+                    error,
+                })?;
+            match answer {
+                Response::Listeners { ports } if ports.len() == fds.len() => {
+                    Ok(ports.into_iter().zip(fds).collect())
+                }
+                other => Err(unexpected(socket, "the listening sockets", other)),
+            }
+        })
+        .await
     }
 
     /// Whether a proxy answers on the socket within a second.
@@ -460,6 +523,97 @@ fn unexpected(socket: &Path, request: &'static str, answer: Response) -> Control
     }
 }
 
+/// Sending and receiving file descriptors alongside an answer line (SCM_RIGHTS).
+pub(crate) mod fdpass {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+    use tokio::io::Interest;
+    use tokio::net::UnixStream;
+
+    /// The most descriptors one answer carries (the kernel's own limit per message).
+    const MAX_FDS: usize = 253;
+
+    /// Writes `line` with `fds` attached to its first bytes.
+    pub async fn send_line(stream: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+        let mut sent = 0;
+        while sent < line.len() {
+            stream.writable().await?;
+            // The descriptors go with the first bytes only.
+            let fds = if sent == 0 { fds } else { &[] };
+            let attempt = stream.try_io(Interest::WRITABLE, || {
+                let rights = [ControlMessage::ScmRights(fds)];
+                let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &[IoSlice::new(&line[sent..])],
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one line and every descriptor that came with it (close-on-exec).
+    pub async fn receive_line(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut line = Vec::new();
+        let mut fds = Vec::new();
+        loop {
+            stream.readable().await?;
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let attempt = stream.try_io(Interest::READABLE, || {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let msg = recvmsg::<()>(
+                    stream.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
+                let mut got = Vec::new();
+                for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        // SAFETY: the kernel just created these descriptors for this process;
+                        // nothing else owns them.
+                        got.extend(
+                            received
+                                .into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(std::io::Error::other("more sockets than fit in one answer"));
+                }
+                Ok((msg.bytes, got))
+            });
+            match attempt {
+                Ok((0, _)) => return Ok((line, fds)),
+                Ok((n, got)) => {
+                    fds.extend(got);
+                    line.extend_from_slice(&buf[..n]);
+                    if line.ends_with(b"\n") {
+                        line.pop();
+                        return Ok((line, fds));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +624,7 @@ mod tests {
             table: RouteTable {
                 ship: "s".into(),
                 generation: 3,
-                ports: BTreeMap::new(),
+                ..RouteTable::default()
             },
         };
         assert_eq!(

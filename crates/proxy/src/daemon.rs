@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
-use crate::control::{Request, Response, Status};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::control::{fdpass, Request, Response, Status};
 use crate::listen::{Listeners, Shared};
 use crate::table::Counters;
 use crate::{ProxyClient, ProxyOptions, RouteTable};
@@ -76,10 +79,11 @@ pub enum ProxyError {
 /// Runs the data plane until a `Shutdown` request or SIGTERM, then stops accepting, lets
 /// in-flight requests finish (up to 30 s) and returns.
 pub async fn run(opts: ProxyOptions) -> Result<(), ProxyError> {
+    raise_fd_limit();
     let socket = opts.control_socket.clone();
     let control = bind_control(&socket).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ProxyError::Signal)?;
-    let daemon = Arc::new(Daemon::new(&opts));
+    let daemon = Arc::new(Daemon::new(opts));
     // Control connections end once this is dropped: when shutdown begins, or when `run` itself
     // is dropped, so a control plane holding one learns at once that this proxy is going.
     let (open, closing) = watch::channel(());
@@ -101,6 +105,23 @@ pub async fn run(opts: ProxyOptions) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Every connection is a descriptor (two when proxied): the soft limit of 1024 most systems
+/// start processes with would cap the proxy at a few hundred clients. The hard limit is what
+/// the administrator allows; take all of it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open file limit"),
+            Err(err) => {
+                tracing::warn!(soft, hard, error = %err, "cannot raise the open file limit")
+            }
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the open file limit"),
+    }
+}
+
 async fn flush_access_logs(daemon: std::sync::Weak<Daemon>) {
     let mut every = tokio::time::interval(ACCESS_FLUSH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +131,20 @@ async fn flush_access_logs(daemon: std::sync::Weak<Daemon>) {
             return;
         };
         daemon.state().counters.flush_access_logs();
+    }
+}
+
+/// An answer line, and for `Listeners` the sockets that go with it.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per control request, moved once
+enum Answer {
+    Line(Response),
+    Sockets { ports: Vec<u16>, fds: Vec<OwnedFd> },
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Self {
+        Answer::Line(response)
     }
 }
 
@@ -126,16 +161,19 @@ struct Daemon {
 struct State {
     counters: Counters,
     listeners: Listeners,
+    /// Hosts whose certificate in the table in force did not load, with why.
+    cert_errors: BTreeMap<String, String>,
     stopping: bool,
 }
 
 impl Daemon {
-    fn new(opts: &ProxyOptions) -> Self {
+    fn new(opts: ProxyOptions) -> Self {
         Daemon {
-            shared: Arc::new(Shared::new()),
+            shared: Arc::new(Shared::new(opts.limits)),
             listen_ip: opts.listen_ip,
             state: Mutex::new(State {
-                counters: Counters::new(opts.access_log_dir.clone()),
+                counters: Counters::new(opts.access_log_dir),
+                listeners: Listeners::inherit(opts.inherited),
                 ..State::default()
             }),
             stop: Notify::new(),
@@ -152,9 +190,25 @@ impl Daemon {
     }
 
     /// Answers one request; only `WaitIdle` waits, and never with the state locked.
-    async fn answer(&self, request: Request) -> Response {
-        match request {
-            Request::SetRoutes { table } => self.set_routes(table),
+    async fn answer(&self, request: Request) -> Answer {
+        let response = match request {
+            Request::SetRoutes { table } => {
+                // Certificate files are read before the state is locked.
+                let certs = crate::tls::load(&table);
+                self.set_routes(table, certs)
+            }
+            Request::Listeners => {
+                let duplicates = self.state().listeners.duplicates();
+                return match duplicates {
+                    Ok(sockets) => {
+                        let (ports, fds) = sockets.into_iter().unzip();
+                        Answer::Sockets { ports, fds }
+                    }
+                    Err(e) => {
+                        Response::Error(format!("duplicating the listening sockets: {e}")).into()
+                    }
+                };
+            }
             Request::Status => self.status(),
             Request::Ping => Response::Pong {
                 pid: std::process::id(),
@@ -175,10 +229,11 @@ impl Daemon {
                 self.stop.notify_one();
                 Response::Ok
             }
-        }
+        };
+        response.into()
     }
 
-    fn set_routes(&self, table: RouteTable) -> Response {
+    fn set_routes(&self, table: RouteTable, certs: crate::tls::Loaded) -> Response {
         let mut state = self.state();
         let state = &mut *state;
         if state.stopping {
@@ -199,6 +254,15 @@ impl Daemon {
             Err(e) => return Response::Error(e),
         };
         let ports: Vec<u16> = compiled.table.ports.keys().copied().collect();
+        // Certificates first: a port turning to TLS finds them in force.
+        state.cert_errors = self.shared.tls.install(&compiled.table, certs);
+        for (host, error) in &state.cert_errors {
+            tracing::error!(
+                host,
+                error,
+                "certificate not loaded; the previous one, if any, is kept"
+            );
+        }
         tracing::info!(
             generation = compiled.table.generation,
             ports = ?ports,
@@ -226,6 +290,7 @@ impl Daemon {
             requests: state.counters.requests(),
             routes: state.counters.routes(&table),
             bind_errors: state.listeners.errors.clone(),
+            cert_errors: state.cert_errors.clone(),
             table,
         })
     }
@@ -317,7 +382,7 @@ async fn control_connection(
     daemon: &Daemon,
     mut closing: watch::Receiver<()>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     loop {
         let line = tokio::select! {
@@ -332,13 +397,20 @@ async fn control_connection(
         if line.trim().is_empty() {
             continue;
         }
-        let response = match serde_json::from_str::<Request>(&line) {
+        let answer = match serde_json::from_str::<Request>(&line) {
             Ok(request) => daemon.answer(request).await,
-            Err(e) => Response::Error(format!("not a request: {e}")),
+            Err(e) => Response::Error(format!("not a request: {e}")).into(),
+        };
+        let (response, fds) = match answer {
+            Answer::Line(response) => (response, Vec::new()),
+            Answer::Sockets { ports, fds } => (Response::Listeners { ports }, fds),
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialize");
         out.push(b'\n');
-        write.write_all(&out).await?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        fdpass::send_line(write.as_ref(), &out, &raw).await?;
+        // Our duplicates close here; the caller's copies stay open.
+        drop(fds);
     }
     Ok(())
 }
@@ -347,22 +419,29 @@ async fn control_connection(
 mod tests {
     use super::*;
 
+    fn line(answer: Answer) -> Response {
+        match answer {
+            Answer::Line(response) => response,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn table(generation: u64) -> RouteTable {
         RouteTable {
             ship: format!("gen-{generation}"),
             generation,
-            ports: Default::default(),
+            ..RouteTable::default()
         }
     }
 
     #[tokio::test]
     async fn only_tables_older_than_the_one_in_force_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Daemon::new(&ProxyOptions::new(dir.path().join("unused.sock")));
-        let ping = || async { daemon.answer(Request::Ping).await };
-        let set = |table| async { daemon.answer(Request::SetRoutes { table }).await };
+        let daemon = Daemon::new(ProxyOptions::new(dir.path().join("unused.sock")));
+        let ping = || async { line(daemon.answer(Request::Ping).await) };
+        let set = |table| async { line(daemon.answer(Request::SetRoutes { table }).await) };
         let generation = || async {
-            match daemon.answer(Request::Status).await {
+            match line(daemon.answer(Request::Status).await) {
                 Response::Status(s) => (s.generation, s.table.ship),
                 other => panic!("{other:?}"),
             }
@@ -381,7 +460,7 @@ mod tests {
         assert_eq!(ping().await, Response::Pong { pid, generation: 5 });
         assert_eq!(set(table(6)).await, Response::Ok);
         assert_eq!(generation().await, (6, "gen-6".into()));
-        assert_eq!(daemon.answer(Request::Shutdown).await, Response::Ok);
+        assert_eq!(line(daemon.answer(Request::Shutdown).await), Response::Ok);
         assert!(matches!(set(table(7)).await, Response::Error(_)));
         daemon.shared.stop_workers();
     }
@@ -389,13 +468,13 @@ mod tests {
     #[tokio::test]
     async fn wait_idle_on_unknown_containers_is_idle_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Daemon::new(&ProxyOptions::new(dir.path().join("unused.sock")));
+        let daemon = Daemon::new(ProxyOptions::new(dir.path().join("unused.sock")));
         let wait = Request::WaitIdle {
             containers: vec!["nobody-1".into()],
             timeout_ms: 60_000,
         };
         let answer = tokio::time::timeout(Duration::from_secs(1), daemon.answer(wait)).await;
-        assert_eq!(answer.unwrap(), Response::Idle);
+        assert_eq!(line(answer.unwrap()), Response::Idle);
         daemon.shared.stop_workers();
     }
 }

@@ -55,7 +55,6 @@ const MAX_CHUNK_LINE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Head {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     /// Where the body ends.
     pub decoder: Decoder,
@@ -177,7 +176,6 @@ pub(crate) fn parse_response(
     let keep_alive = persistent && decoder != Decoder::Close && !(encoded && length.is_some());
     Ok(Some(Head {
         status,
-        version,
         headers,
         decoder,
         keep_alive,
@@ -408,7 +406,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
-        assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["x-a"], "b");
         assert_eq!(head.headers[header::CONTENT_LENGTH], "5");
         assert_eq!(head.decoder, Decoder::Length(5));

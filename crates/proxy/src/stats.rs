@@ -39,9 +39,16 @@ impl RouteStats {
     }
 
     /// A copy of the counters, labelled.
-    pub fn snapshot(&self, port: u16, prefix: &str, service: &str) -> RouteCounters {
+    pub fn snapshot(
+        &self,
+        port: u16,
+        hosts: &[String],
+        prefix: &str,
+        service: &str,
+    ) -> RouteCounters {
         RouteCounters {
             port,
+            hosts: hosts.to_vec(),
             prefix: prefix.to_string(),
             service: service.to_string(),
             requests_by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
@@ -61,6 +68,9 @@ impl RouteStats {
 pub struct RouteCounters {
     /// Public port.
     pub port: u16,
+    /// The route's host names; empty for any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// URL prefix.
     pub prefix: String,
     /// Service behind it.
@@ -171,7 +181,7 @@ mod tests {
         }
         s.record(404, 5, Duration::from_millis(30));
         s.record(503, 5, Duration::from_secs(60));
-        let c = s.snapshot(80, "/a", "a");
+        let c = s.snapshot(80, &[], "/a", "a");
         assert_eq!(c.requests_by_class, [0, 98, 0, 1, 1]);
         assert_eq!(c.requests(), 100);
         assert_eq!(c.response_bytes, 990);

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::header::HeaderValue;
 
 use crate::inflight::{InFlight, Watch};
@@ -12,13 +14,26 @@ use crate::stats::{AccessFile, RouteCounters, RouteStats};
 use crate::RouteTable;
 use std::path::PathBuf;
 
-/// A [`RouteTable`] prepared for lookups: routes sorted longest prefix first, header values and
-/// upstream authorities built once, counters attached.
+/// A [`RouteTable`] prepared for lookups: routes sorted longest prefix first per host, header
+/// values and upstream authorities built once, counters attached.
 pub(crate) struct Compiled {
     /// The table as programmed, reported back in `Status`.
     pub table: RouteTable,
     /// Sorted by port, for a binary search without hashing.
-    ports: Vec<(u16, Box<[CRoute]>)>,
+    ports: Vec<(u16, PortRoutes)>,
+    /// ACME HTTP-01 key authorizations by token.
+    pub http01: HashMap<String, Bytes>,
+}
+
+/// The routes of one port, indexed by the hosts they answer for.
+struct PortRoutes {
+    routes: Box<[CRoute]>,
+    /// Routes naming a host exactly, longest prefix first.
+    exact: HashMap<Box<str>, Box<[usize]>>,
+    /// Routes naming `*.<key>`, longest prefix first.
+    wildcard: HashMap<Box<str>, Box<[usize]>>,
+    /// Routes for any host, longest prefix first.
+    any: Box<[usize]>,
 }
 
 /// A route ready to serve.
@@ -37,6 +52,12 @@ pub(crate) struct CRoute {
     pub upstreams: Box<[CUpstream]>,
     /// `Retry-After` of the 503 answered when there are no upstreams.
     pub retry_after: HeaderValue,
+    /// The largest request body accepted.
+    pub max_body: Option<u64>,
+    /// How long the upstream may take to answer with a response head.
+    pub timeout: Duration,
+    /// Redirect to HTTPS on this port instead of proxying.
+    pub https_redirect: Option<u16>,
     /// Rotates the starting point of the least-in-flight scan, so ties spread evenly.
     next: AtomicUsize,
 }
@@ -55,40 +76,70 @@ pub(crate) struct CUpstream {
     pub access: Option<Arc<AccessFile>>,
 }
 
+/// How long an upstream may take to send a response head when its route does not say.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Compiled {
     /// An empty table, served before the control plane programs the proxy.
     pub fn empty() -> Self {
         Compiled {
             table: RouteTable::default(),
             ports: Vec::new(),
+            http01: HashMap::new(),
         }
     }
 
-    /// The longest prefix on `port` matching `path` on a segment boundary, with the rest of the
-    /// path after the prefix (empty when the path is exactly the prefix).
+    /// The route on `port` for `host` (lower-case, without a port) whose prefix is the longest
+    /// matching `path` on a segment boundary, with the rest of the path after the prefix.
     #[cfg(test)]
-    pub fn lookup<'p>(&self, port: u16, path: &'p str) -> Option<(&CRoute, &'p str)> {
-        self.lookup_at(port, path)
+    pub fn lookup<'p>(
+        &self,
+        port: u16,
+        host: Option<&str>,
+        path: &'p str,
+    ) -> Option<(&CRoute, &'p str)> {
+        self.lookup_at(port, host, path)
             .map(|(at, rest)| (self.route(at), rest))
     }
 
-    /// The longest prefix on `port` matching `path` on a segment boundary — where it is in the
-    /// table, for [`Compiled::route`] — with the rest of the path after the prefix (empty when
-    /// the path is exactly the prefix).
-    pub fn lookup_at<'p>(&self, port: u16, path: &'p str) -> Option<(RouteAt, &'p str)> {
+    /// Like `lookup`, with where the route is in the table for [`Compiled::route`]: routes
+    /// naming `host` exactly first, then wildcards, then routes for any host.
+    pub fn lookup_at<'p>(
+        &self,
+        port: u16,
+        host: Option<&str>,
+        path: &'p str,
+    ) -> Option<(RouteAt, &'p str)> {
         let p = self.ports.binary_search_by_key(&port, |p| p.0).ok()?;
-        self.ports[p].1.iter().enumerate().find_map(|(r, route)| {
-            if &*route.prefix == "/" {
-                return Some(((p, r), path));
+        let routes = &self.ports[p].1;
+        let found = |candidates: &[usize]| {
+            candidates.iter().find_map(|&r| {
+                let rest = routes.routes[r].strip(path)?;
+                Some(((p, r), rest))
+            })
+        };
+        if let Some(host) = host.filter(|_| !routes.exact.is_empty() || !routes.wildcard.is_empty())
+        {
+            if let Some(hit) = routes.exact.get(host).and_then(|c| found(c)) {
+                return Some(hit);
             }
-            let rest = path.strip_prefix(&*route.prefix)?;
-            (rest.is_empty() || rest.starts_with('/')).then_some(((p, r), rest))
-        })
+            if let Some((_, parent)) = host.split_once('.') {
+                if let Some(hit) = routes.wildcard.get(parent).and_then(|c| found(c)) {
+                    return Some(hit);
+                }
+            }
+        }
+        found(&routes.any)
     }
 
     /// The route found at `at` by [`Compiled::lookup_at`] on this table.
     pub fn route(&self, (p, r): RouteAt) -> &CRoute {
-        &self.ports[p].1[r]
+        &self.ports[p].1.routes[r]
+    }
+
+    /// Whether `port` speaks TLS in this table.
+    pub fn is_tls(&self, port: u16) -> bool {
+        self.table.tls_ports.contains(&port)
     }
 }
 
@@ -99,6 +150,15 @@ impl CRoute {
     /// Whether the prefix is `/`, which leaves paths untouched.
     pub fn is_root(&self) -> bool {
         &*self.prefix == "/"
+    }
+
+    /// The rest of `path` after this route's prefix, if the prefix matches on a segment boundary.
+    fn strip<'p>(&self, path: &'p str) -> Option<&'p str> {
+        if self.is_root() {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(&*self.prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
     }
 
     /// The index of the upstream with the fewest requests in flight, or none when the route has
@@ -123,13 +183,16 @@ impl CRoute {
     }
 }
 
+/// A route's identity across tables: port, hosts (as listed) and normalised prefix.
+type RouteKey = (u16, Vec<String>, String);
+
 /// Counters keyed by name, kept across tables: in-flight per container (so a container that just
 /// left the table can be watched draining) and requests per service.
 #[derive(Default)]
 pub(crate) struct Counters {
     in_flight: HashMap<String, Arc<InFlight>>,
     requests: HashMap<String, Arc<AtomicU64>>,
-    routes: HashMap<(u16, String), Arc<RouteStats>>,
+    routes: HashMap<RouteKey, Arc<RouteStats>>,
     access_dir: Option<PathBuf>,
     access: HashMap<String, Arc<AccessFile>>,
 }
@@ -177,8 +240,8 @@ impl Counters {
                 routes.iter().filter_map(move |r| {
                     let prefix = normalise(&r.prefix);
                     self.routes
-                        .get(&(port, prefix.to_string()))
-                        .map(|s| s.snapshot(port, prefix, &r.service))
+                        .get(&(port, r.hosts.clone(), prefix.to_string()))
+                        .map(|s| s.snapshot(port, &r.hosts, prefix, &r.service))
                 })
             })
             .collect()
@@ -199,7 +262,7 @@ impl Counters {
             .collect();
         let mut ports = Vec::with_capacity(table.ports.len());
         for (&port, routes) in &table.ports {
-            let mut compiled: Vec<CRoute> = routes
+            let compiled: Vec<CRoute> = routes
                 .iter()
                 .map(|r| {
                     let prefix = normalise(&r.prefix);
@@ -223,19 +286,66 @@ impl Counters {
                         requests: counter(&mut self.requests, &r.service),
                         stats: self
                             .routes
-                            .entry((port, prefix.to_string()))
+                            .entry((port, r.hosts.clone(), prefix.to_string()))
                             .or_default()
                             .clone(),
                         upstreams,
                         retry_after: HeaderValue::from(r.retry_after.unwrap_or(1)),
+                        max_body: r.max_body,
+                        timeout: r.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+                        https_redirect: r.https_redirect,
                         next: AtomicUsize::new(0),
                     }
                 })
                 .collect();
-            compiled.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-            ports.push((port, compiled.into_boxed_slice()));
+            let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+            let mut wildcard: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+            let mut any = Vec::new();
+            for (i, r) in routes.iter().enumerate() {
+                if r.hosts.is_empty() {
+                    any.push(i);
+                }
+                for host in &r.hosts {
+                    match host.strip_prefix("*.") {
+                        Some(parent) => wildcard.entry(parent.into()).or_default().push(i),
+                        None => exact.entry(host.as_str().into()).or_default().push(i),
+                    }
+                }
+            }
+            let longest_first = |mut v: Vec<usize>| {
+                v.sort_by_key(|&i| std::cmp::Reverse(compiled[i].prefix.len()));
+                v.into_boxed_slice()
+            };
+            let exact = exact
+                .into_iter()
+                .map(|(h, v)| (h, longest_first(v)))
+                .collect();
+            let wildcard = wildcard
+                .into_iter()
+                .map(|(h, v)| (h, longest_first(v)))
+                .collect();
+            let any = longest_first(any);
+            ports.push((
+                port,
+                PortRoutes {
+                    routes: compiled.into_boxed_slice(),
+                    exact,
+                    wildcard,
+                    any,
+                },
+            ));
         }
-        Ok(Compiled { table, ports })
+        let http01 = table
+            .acme
+            .http01
+            .iter()
+            .map(|(token, auth)| (token.clone(), Bytes::from(auth.clone())))
+            .collect();
+        Ok(Compiled {
+            table,
+            ports,
+            http01,
+        })
     }
 
     /// Watches the named containers' requests in flight; a container the proxy does not know
@@ -312,13 +422,61 @@ fn validate(table: &RouteTable) -> Result<(), String> {
                     "port {port}: prefix {p:?} must be a URL path starting with '/'"
                 ));
             }
-            if !seen.insert(normalise(p)) {
+            for host in &route.hosts {
+                check_host(host).map_err(|e| format!("port {port}, prefix {p}: {e}"))?;
+            }
+            if route.https_redirect == Some(0) {
                 return Err(format!(
-                    "port {port}: prefix {} is routed twice",
-                    normalise(p)
+                    "port {port}, prefix {p}: https_redirect must name a port, 1 to 65535"
                 ));
             }
+            let hosts: Vec<Option<&str>> = if route.hosts.is_empty() {
+                vec![None]
+            } else {
+                route.hosts.iter().map(|h| Some(h.as_str())).collect()
+            };
+            for host in hosts {
+                if !seen.insert((host, normalise(p))) {
+                    let on = host.map_or(String::new(), |h| format!(" for host {h}"));
+                    return Err(format!(
+                        "port {port}: prefix {} is routed twice{on}",
+                        normalise(p)
+                    ));
+                }
+            }
         }
+    }
+    let certs = table.certs.iter().chain(&table.acme.tls_alpn01);
+    for cert in certs {
+        if cert.hosts.is_empty() {
+            return Err(format!(
+                "certificate {} names no host",
+                cert.cert_path.display()
+            ));
+        }
+        for host in &cert.hosts {
+            check_host(host)
+                .map_err(|e| format!("certificate {}: {e}", cert.cert_path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A host name as routes and certificates name them: lower-case DNS labels, the leftmost one
+/// possibly `*`, no port.
+pub(crate) fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "host {host:?} must be a lower-case DNS name (letters, digits, '-', dots), \
+             optionally `*.` and a name, without a port"
+        ));
     }
     Ok(())
 }
@@ -339,18 +497,18 @@ mod tests {
                     version: "v1".into(),
                     container: format!("c{p}"),
                 }],
-                retry_after: None,
+                ..Route::default()
             })
             .collect();
         RouteTable {
             ship: "s".into(),
-            generation: 0,
             ports: [(80, routes)].into(),
+            ..RouteTable::default()
         }
     }
 
     fn matched(c: &Compiled, path: &str) -> Option<(String, String)> {
-        c.lookup(80, path)
+        c.lookup(80, None, path)
             .map(|(r, rest)| (r.prefix.to_string(), rest.to_string()))
     }
 
@@ -366,7 +524,7 @@ mod tests {
         assert_eq!(m("/echoes"), Some(("/".into(), "/echoes".into())));
         assert_eq!(m("/echo/deep/x"), Some(("/echo/deep".into(), "/x".into())));
         assert_eq!(m("/echo/deeper"), Some(("/echo".into(), "/deeper".into())));
-        assert!(c.lookup(81, "/").is_none());
+        assert!(c.lookup(81, None, "/").is_none());
         let c = Counters::default().compile(table(&["/echo"])).unwrap();
         assert_eq!(matched(&c, "/other"), None);
     }
@@ -377,13 +535,64 @@ mod tests {
         assert!(counters.compile(table(&["echo"])).is_err());
         assert!(counters.compile(table(&["/a", "/a/"])).is_err());
         assert!(counters.compile(table(&["/a?b"])).is_err());
+        for bad in [
+            "Example.com",
+            "a.example.com:80",
+            "*",
+            "*.",
+            "a..b",
+            "a.*.b",
+            "",
+        ] {
+            let mut t = table(&["/"]);
+            t.ports.get_mut(&80).unwrap()[0].hosts = vec![bad.into()];
+            assert!(counters.compile(t).is_err(), "{bad:?}");
+        }
+        // One prefix twice is fine for different hosts, not for the same one.
+        let mut t = table(&["/a", "/a/"]);
+        t.ports.get_mut(&80).unwrap()[0].hosts = vec!["a.test".into()];
+        assert!(counters.compile(t.clone()).is_ok());
+        t.ports.get_mut(&80).unwrap()[1].hosts = vec!["b.test".into(), "a.test".into()];
+        let err = counters.compile(t).err().unwrap();
+        assert!(err.contains("for host a.test"), "{err}");
+    }
+
+    #[test]
+    fn exact_hosts_then_wildcards_then_any_host() {
+        let mut t = table(&["/", "/", "/", "/api", "/x"]);
+        let routes = t.ports.get_mut(&80).unwrap();
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.service = format!("s{i}");
+        }
+        routes[0].hosts = vec!["a.example.com".into()];
+        routes[1].hosts = vec!["*.example.com".into()];
+        routes[3].hosts = vec!["*.example.com".into()];
+        routes[4].hosts = vec!["a.example.com".into(), "other.test".into()];
+        let c = Counters::default().compile(t).unwrap();
+        let m = |host: Option<&str>, path| {
+            c.lookup(80, host, path)
+                .map(|(r, rest)| format!("{} {rest}", r.service))
+        };
+        assert_eq!(m(Some("a.example.com"), "/y").unwrap(), "s0 /y");
+        assert_eq!(m(Some("a.example.com"), "/x/1").unwrap(), "s4 /1");
+        // Exact hosts first, even over a longer prefix of a wildcard.
+        assert_eq!(m(Some("a.example.com"), "/api/v").unwrap(), "s0 /api/v");
+        // An exact host without a matching prefix falls through to routes for any host.
+        assert_eq!(m(Some("other.test"), "/api").unwrap(), "s2 /api");
+        assert_eq!(m(Some("b.example.com"), "/api").unwrap(), "s3 ");
+        assert_eq!(m(Some("b.example.com"), "/z").unwrap(), "s1 /z");
+        // Exactly one label more: neither the parent nor a grandchild.
+        assert_eq!(m(Some("example.com"), "/z").unwrap(), "s2 /z");
+        assert_eq!(m(Some("a.b.example.com"), "/z").unwrap(), "s2 /z");
+        assert_eq!(m(None, "/x").unwrap(), "s2 /x");
+        assert_eq!(m(Some("other.test"), "/x").unwrap(), "s4 ");
     }
 
     #[test]
     fn idle_containers_that_left_are_forgotten() {
         let mut counters = Counters::default();
         let old = counters.compile(table(&["/a"])).unwrap();
-        let busy = old.lookup(80, "/a").unwrap().0.upstreams[0]
+        let busy = old.lookup(80, None, "/a").unwrap().0.upstreams[0]
             .in_flight
             .clone();
         busy.enter();
@@ -397,7 +606,7 @@ mod tests {
     fn a_watched_container_is_not_forgotten() {
         let mut counters = Counters::default();
         let old = counters.compile(table(&["/a"])).unwrap();
-        let busy = old.lookup(80, "/a").unwrap().0.upstreams[0]
+        let busy = old.lookup(80, None, "/a").unwrap().0.upstreams[0]
             .in_flight
             .clone();
         busy.enter();
@@ -412,7 +621,7 @@ mod tests {
         assert_eq!(counters.in_flight(&empty).get("c/a"), Some(&0));
         // Named again, the container keeps the counter the watch holds.
         let again = counters.compile(table(&["/a"])).unwrap();
-        let counter = &again.lookup(80, "/a").unwrap().0.upstreams[0].in_flight;
+        let counter = &again.lookup(80, None, "/a").unwrap().0.upstreams[0].in_flight;
         assert!(Arc::ptr_eq(counter, &busy));
         drop(watch);
         assert!(counters.in_flight(&empty).is_empty());

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::forward::GuardedBody;
 use crate::h1::{self, Decoder};
 
 /// How long an upstream gets to accept a connection before the client sees 502.
@@ -75,7 +76,7 @@ type Idle<T> = Mutex<HashMap<SocketAddr, Vec<Aging<T>>, BuildHasherDefault<AddrH
 /// One thread's idle upstream connections.
 pub(crate) struct Pool {
     direct: Idle<Direct>,
-    hyper: Idle<SendRequest<Incoming>>,
+    hyper: Idle<SendRequest<GuardedBody>>,
     builder: http1::Builder,
 }
 
@@ -98,7 +99,7 @@ pub(crate) struct Direct {
 pub(crate) struct Reusable {
     pool: Arc<Pool>,
     addr: SocketAddr,
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<GuardedBody>,
 }
 
 impl Reusable {
@@ -149,7 +150,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<GuardedBody>,
     ) -> Result<(Response<Incoming>, Reusable), Error> {
         loop {
             let (mut tx, reused) = match self.take_hyper(addr) {
@@ -186,7 +187,7 @@ impl Pool {
     }
 
     /// The most recently used idle hyper connection to `addr` that is ready for a request.
-    fn take_hyper(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take_hyper(&self, addr: SocketAddr) -> Option<SendRequest<GuardedBody>> {
         let mut idle = self.hyper.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.get_mut(&addr)?;
         while let Some(i) = conns
@@ -201,7 +202,7 @@ impl Pool {
         None
     }
 
-    async fn handshake(&self, addr: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
+    async fn handshake(&self, addr: SocketAddr) -> Result<SendRequest<GuardedBody>, Error> {
         let stream = connect(addr).await?;
         let (tx, conn) = self.builder.handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -308,7 +309,8 @@ impl Checkout {
                 Ok(head) => {
                     let mut resp = Response::new(());
                     *resp.status_mut() = head.status;
-                    *resp.version_mut() = head.version;
+                    // Whatever the upstream spoke, the client is answered in its own version.
+                    *resp.version_mut() = hyper::Version::HTTP_11;
                     *resp.headers_mut() = head.headers;
                     let body = DirectBody {
                         conn: Some(conn),

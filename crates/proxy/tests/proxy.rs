@@ -456,9 +456,8 @@ async fn a_bad_table_is_refused_and_the_old_one_kept() {
 async fn a_second_proxy_on_the_same_socket_is_refused() {
     let proxy = Proxy::start().await;
     let err = starphleet_proxy::run(ProxyOptions {
-        control_socket: proxy.socket.clone(),
         listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        access_log_dir: None,
+        ..ProxyOptions::new(&proxy.socket)
     })
     .await
     .unwrap_err();
@@ -477,9 +476,8 @@ async fn a_stale_socket_is_replaced() {
     assert!(!client.is_running().await);
 
     let task = tokio::spawn(starphleet_proxy::run(ProxyOptions {
-        control_socket: socket.clone(),
         listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        access_log_dir: None,
+        ..ProxyOptions::new(&socket)
     }));
     eventually("the proxy answers", || client.is_running()).await;
     client.shutdown().await.unwrap();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::raw as raw_http;
 use common::*;
 
 use std::net::SocketAddr;
@@ -68,7 +69,7 @@ impl Raw {
                 version: "v1".into(),
                 container: "raw-1".into(),
             }],
-            retry_after: None,
+            ..Route::default()
         }
     }
 
@@ -134,6 +135,12 @@ fn answer(head: &str, body: &[u8]) -> (Vec<u8>, After) {
             big
         }
         "GET /bad HTTP/1.1" => b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+        "GET /old HTTP/1.1" | "POST /old HTTP/1.1" => {
+            return (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold".to_vec(),
+                After::Close,
+            )
+        }
         "GET /once HTTP/1.1" => {
             // Answers, then closes the connection without saying so: the next request on it
             // would fail, and must not reach the client as an error.
@@ -308,5 +315,20 @@ async fn a_malformed_answer_is_502() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert!(reply.body.contains("raw"), "{}", reply.body);
     assert_eq!(proxy.in_flight("raw-1").await, 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_as_http_1_1() {
+    let raw = Raw::start(answer).await;
+    let (proxy, port) = proxy_to(&raw).await;
+    for request in [
+        "GET /r/old HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        "POST /r/old HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    ] {
+        let reply = raw_http(port, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+        assert!(reply.ends_with("\r\n\r\nold"), "{reply:?}");
+    }
     proxy.stop().await;
 }

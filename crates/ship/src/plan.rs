@@ -376,13 +376,14 @@ pub fn route_table(ship: &str, services: &BTreeMap<String, ServiceState>) -> Rou
                 service: service.clone(),
                 upstreams,
                 retry_after: Some(2),
+                ..Route::default()
             });
         }
     }
     RouteTable {
         ship: ship.to_string(),
-        generation: 0,
         ports,
+        ..RouteTable::default()
     }
 }
 

@@ -348,9 +348,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing("info,starphleet::access=off");
             let layout = Layout::new(&state_dir);
             let opts = starphleet_proxy::ProxyOptions {
-                control_socket: layout.proxy_socket(),
                 listen_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
                 access_log_dir: Some(layout.access_logs()),
+                ..starphleet_proxy::ProxyOptions::new(layout.proxy_socket())
             };
             runtime()?.block_on(starphleet_proxy::run(opts))?;
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,9 @@ use hyper::header;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use starphleet_proxy::{ProxyClient, ProxyError, ProxyOptions, Route, RouteTable, Upstream};
+use starphleet_proxy::{
+    CertFiles, Limits, ProxyClient, ProxyError, ProxyOptions, Route, RouteTable, Upstream,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -137,6 +139,15 @@ async fn respond(
         });
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(chunks))));
     }
+    // A body is read whole before answering, as most apps do.
+    let body_bytes = if req.method() == hyper::Method::POST {
+        match req.body_mut().collect().await {
+            Ok(body) => body.to_bytes().len().to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    } else {
+        "-".into()
+    };
     let h = |n: &str| {
         req.headers()
             .get_all(n)
@@ -155,6 +166,11 @@ async fn respond(
         ("x-forwarded-prefix", h("x-forwarded-prefix")),
         ("x-secret", h("x-secret")),
         ("connection", h("connection")),
+        ("upgrade", h("upgrade")),
+        ("proxy-authorization", h("proxy-authorization")),
+        ("http2-settings", h("http2-settings")),
+        ("version", format!("{:?}", req.version())),
+        ("body-bytes", body_bytes),
     ]
     .iter()
     .map(|(k, v)| format!("{k}={v}\n"))
@@ -174,12 +190,18 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start() -> Proxy {
+        Proxy::start_with(Limits::default()).await
+    }
+
+    /// A proxy with these limits.
+    pub async fn start_with(limits: Limits) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
         let opts = ProxyOptions {
-            control_socket: socket.clone(),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             access_log_dir: Some(dir.path().join("access")),
+            limits,
+            ..ProxyOptions::new(&socket)
         };
         let task = tokio::spawn(starphleet_proxy::run(opts));
         let client = ProxyClient::new(&socket);
@@ -226,15 +248,15 @@ pub fn route(prefix: &str, service: &str, upstreams: &[&Backend]) -> Route {
         prefix: prefix.into(),
         service: service.into(),
         upstreams: upstreams.iter().map(|b| b.upstream()).collect(),
-        retry_after: None,
+        ..Route::default()
     }
 }
 
 pub fn table(ports: impl IntoIterator<Item = (u16, Vec<Route>)>) -> RouteTable {
     RouteTable {
         ship: SHIP.into(),
-        generation: 0,
         ports: ports.into_iter().collect(),
+        ..RouteTable::default()
     }
 }
 
@@ -322,4 +344,153 @@ pub async fn collect(resp: Response<Incoming>) -> Reply {
 
 pub async fn get(port: u16, path: &str) -> Reply {
     Conn::open(port).await.get(port, path).await
+}
+
+// ---------------------------------------------------------------- TLS
+
+/// A test certificate authority, and the certificates it issues as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, for `curl --cacert`.
+    pub ca_pem: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "starphleet test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        Pki { dir, ca, ca_pem }
+    }
+
+    /// A leaf certificate for `names` (ECDSA P-256), written as `<tag>.crt` and `<tag>.key`.
+    pub fn issue(&self, tag: &str, names: &[&str]) -> (CertFiles, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert_path = self.dir.path().join(format!("{tag}.crt"));
+        let key_path = self.dir.path().join(format!("{tag}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let files = CertFiles {
+            hosts: names.iter().map(|n| n.to_string()).collect(),
+            cert_path,
+            key_path,
+        };
+        (files, cert.der().clone())
+    }
+
+    /// A client trusting this CA, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+pub use rustls_pki_types::CertificateDer;
+
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to the proxy on loopback for `sni`.
+pub async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    port: u16,
+    sni: &str,
+) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// The certificate the server presented and the protocol ALPN chose.
+pub fn peer(stream: &TlsStream) -> (CertificateDer<'static>, Option<Vec<u8>>) {
+    let conn = stream.get_ref().1;
+    (
+        conn.peer_certificates().unwrap()[0].clone().into_owned(),
+        conn.alpn_protocol().map(<[u8]>::to_vec),
+    )
+}
+
+/// An HTTP/1.1 keep-alive client over a TLS connection.
+pub async fn tls_conn(stream: TlsStream) -> Conn {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    Conn(sender)
+}
+
+/// Accepts any server certificate: for checking which one a TLS-ALPN-01 handshake presents.
+#[derive(Debug)]
+pub struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+// ---------------------------------------------------------------- raw HTTP/1
+
+/// Sends `request` as bytes on a new connection and reads until the proxy closes it or
+/// `limit` passes; returns what came back.
+pub async fn raw(port: u16, request: &[u8], limit: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
