@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use starphleet_runtime::{Bind, ContainerSpec, Limits, Runtime, RuntimeError};
 
+pub mod plan;
+
+pub use plan::{plan, AppKind, BuildPlan, CacheMount, Declared, PlanError, Step, StepRole, Tools};
+
 /// The uid and gid apps run as inside their containers.
 pub const APP_USER: (u32, u32) = (9000, 9000);
 
