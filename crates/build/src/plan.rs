@@ -34,6 +34,9 @@ pub const BUILDPACKS_MOUNT_ROOT: &str = "/buildpacks";
 /// Where the Heroku-style ENV_DIR (one file per variable) is mounted for buildpacks.
 pub const BUILDPACK_ENV_DIR: &str = "/buildpack-env";
 
+/// Where buildpack steps leave what the builder reads back (`release-<i>.yml`).
+pub const BUILDPACK_OUT_DIR: &str = "/buildpack-out";
+
 /// The default search path inside containers, with the app's own tools put in front of it.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -650,7 +653,9 @@ fn buildpack_plan(
         });
         steps.push(Step {
             // bin/release is optional in the buildpack API.
-            command: format!("if [ -x {dir}/bin/release ]; then {dir}/bin/release /app; fi"),
+            command: format!(
+                "if [ -x {dir}/bin/release ]; then {dir}/bin/release /app > {BUILDPACK_OUT_DIR}/release-{i}.yml; fi"
+            ),
             role: StepRole::Release { buildpack: i },
         });
         caches.push(cache);

@@ -553,7 +553,7 @@ fn buildpacks_come_from_starphleet_then_env_then_the_buildpacks_file() {
                 "/buildpacks/0/bin/compile /app /cache/{} /buildpack-env",
                 cache.name
             ),
-            "if [ -x /buildpacks/0/bin/release ]; then /buildpacks/0/bin/release /app; fi"
+            "if [ -x /buildpacks/0/bin/release ]; then /buildpacks/0/bin/release /app > /buildpack-out/release-0.yml; fi"
                 .to_string(),
         ]
     );
