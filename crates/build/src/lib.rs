@@ -27,11 +27,12 @@ use starphleet_runtime::{Bind, ContainerSpec, Limits, NetError, Runtime, Runtime
 
 pub mod base;
 mod buildpack;
+mod deps;
 pub mod plan;
 
 pub use base::{ensure_base, Base, BaseError};
 pub use plan::{
-    plan, AppKind, BuildPlan, CacheMount, Declared, PlanError, Step, StepRole, Tools,
+    plan, AppKind, BuildPlan, CacheMount, Declared, Deps, PlanError, Step, StepRole, Tools,
     STARPHLEET_IN_CONTAINER,
 };
 
@@ -608,9 +609,46 @@ impl Builder {
             netns,
             base: base.clone(),
         };
+        let saved = cache_root.join("deps");
+        let deps = match &plan.deps {
+            Some(d) => Some((
+                d,
+                deps::key(app, d, &plan.steps, base.as_deref())
+                    .map_err(io_err("reading the dependency files of", app))?,
+            )),
+            None => None,
+        };
+        let reused = match &deps {
+            Some((d, key)) if !req.fresh => {
+                let restored = deps::restore(&saved, key, app, &d.dir)
+                    .map_err(io_err("restoring saved dependencies into", app))?;
+                if restored {
+                    say(log, &format!(
+                        "-----> {} unchanged since an earlier build: reusing its {}, skipping the install steps",
+                        d.inputs.join(", "),
+                        d.dir
+                    ));
+                }
+                restored
+            }
+            _ => false,
+        };
+        let last_install = plan.steps.iter().rposition(|s| s.role == StepRole::Install);
         let mut release_web = None;
         let deadline = Instant::now().checked_add(req.timeout);
         for (step, s) in plan.steps.iter().enumerate() {
+            if reused && s.role == StepRole::Install {
+                say(
+                    log,
+                    &format!(
+                        "build step {}/{}: {} (skipped: dependencies reused)",
+                        step + 1,
+                        plan.steps.len(),
+                        s.command
+                    ),
+                );
+                continue;
+            }
             say(
                 log,
                 &format!(
@@ -657,6 +695,18 @@ impl Builder {
                     }
                 }
                 StepRole::Build | StepRole::Compile { .. } => {}
+                StepRole::Install => {}
+            }
+            if let (Some((d, key)), Some(last)) = (&deps, last_install) {
+                if step == last {
+                    // Best effort: a build without a saved copy only installs again next time.
+                    if let Err(e) = deps::save(&saved, key, app, &d.dir) {
+                        say(
+                            log,
+                            &format!("-----> warning: saving {} for later builds: {e}", d.dir),
+                        );
+                    }
+                }
             }
         }
         drop(net);

@@ -72,6 +72,8 @@ pub struct Tools {
     pub python3: bool,
     /// Python's `venv` with `ensurepip` (Debian's `python3-venv`).
     pub venv: bool,
+    /// The `pip` module of the system's python3 (Debian's `python3-pip`).
+    pub pip: bool,
     /// `uv`.
     pub uv: bool,
     /// `poetry`.
@@ -123,7 +125,18 @@ impl Tools {
                 })
             })
         });
+        let pip = ["usr/lib", "usr/local/lib"].iter().any(|lib| {
+            std::fs::read_dir(root.join(lib)).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("python3")
+                        && ["dist-packages", "site-packages"]
+                            .iter()
+                            .any(|d| e.path().join(d).join("pip/__init__.py").is_file())
+                })
+            })
+        });
         Tools {
+            pip,
             node: has("node"),
             npm: has("npm"),
             yarn: has("yarn"),
@@ -197,6 +210,9 @@ impl fmt::Display for AppKind {
 pub enum StepRole {
     /// A build command; a non-zero exit fails the build.
     Build,
+    /// Installs the app's dependencies into [`BuildPlan::deps`]' dir: skipped when a
+    /// previous build of the app installed the same inputs (the saved copy is used).
+    Install,
     /// Buildpack `i`'s `bin/detect`: its output names the buildpack; non-zero means the
     /// buildpack does not fit the app.
     Detect {
@@ -231,6 +247,25 @@ impl Step {
             role: StepRole::Build,
         }
     }
+
+    fn install(command: impl Into<String>) -> Self {
+        Step {
+            command: command.into(),
+            role: StepRole::Install,
+        }
+    }
+}
+
+/// Installed dependencies a later build of the same app may reuse: the dir the install
+/// steps fill, and what decides whether they would fill it the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deps {
+    /// The dir under `/app`, e.g. `node_modules`.
+    pub dir: String,
+    /// Files under `/app` whose contents decide what gets installed, e.g. `package.json`.
+    pub inputs: Vec<String>,
+    /// Commands whose binaries decide it too (a new node needs new native modules).
+    pub tools: Vec<String>,
 }
 
 /// A per-app cache dir, kept across builds and mounted read-write at `/cache/<name>`.
@@ -274,6 +309,8 @@ pub struct BuildPlan {
     pub run_env: Vec<(String, String)>,
     /// Buildpacks to fetch and mount at `/buildpacks/<i>`.
     pub buildpacks: Vec<GitSource>,
+    /// What the [`StepRole::Install`] steps install, when it can be reused.
+    pub deps: Option<Deps>,
 }
 
 /// Why an app cannot be planned.
@@ -368,6 +405,7 @@ struct Detected {
     warnings: Vec<String>,
     /// The toolchain check: `Some((needs, install))` when something is missing.
     missing: Option<(String, String)>,
+    deps: Option<Deps>,
 }
 
 impl Detected {
@@ -382,7 +420,21 @@ impl Detected {
             run_env: Vec::new(),
             warnings: Vec::new(),
             missing: None,
+            deps: None,
         }
+    }
+
+    /// Marks `dir` as what the install steps fill, decided by `inputs` that exist and `tools`.
+    fn deps(&mut self, tree: &Tree<'_>, dir: &str, inputs: &[&str], tools: &[&str]) {
+        self.deps = Some(Deps {
+            dir: dir.to_string(),
+            inputs: inputs
+                .iter()
+                .filter(|f| tree.is_file(f))
+                .map(|f| f.to_string())
+                .collect(),
+            tools: tools.iter().map(|t| t.to_string()).collect(),
+        });
     }
 
     fn env(&mut self, key: &str, value: &str) {
@@ -456,6 +508,7 @@ pub fn plan(app_dir: &Path, declared: &Declared, tools: &Tools) -> Result<BuildP
             build_env: Vec::new(),
             run_env: Vec::new(),
             buildpacks: Vec::new(),
+            deps: None,
         });
     };
     for other in found {
@@ -501,6 +554,8 @@ pub fn plan(app_dir: &Path, declared: &Declared, tools: &Tools) -> Result<BuildP
             d.evidence,
             declared.build.join(" && ")
         ));
+        // The declared lines may install anything: nothing is reused.
+        d.deps = None;
         declared.build.iter().map(Step::build).collect()
     };
     let start = match start {
@@ -535,6 +590,7 @@ pub fn plan(app_dir: &Path, declared: &Declared, tools: &Tools) -> Result<BuildP
         build_env: d.build_env,
         run_env: d.run_env,
         buildpacks: Vec::new(),
+        deps: d.deps,
     })
 }
 
@@ -687,6 +743,7 @@ fn buildpack_plan(
         build_env,
         run_env: Vec::new(),
         buildpacks,
+        deps: None,
     }
 }
 
@@ -732,7 +789,13 @@ fn ruby(tree: &Tree<'_>, tools: &Tools) -> Option<Detected> {
         &[("ruby", tools.ruby), ("bundler", tools.bundle)],
         "apt-get install ruby ruby-bundler",
     );
-    d.steps.push(Step::build("bundle install"));
+    d.steps.push(Step::install("bundle install"));
+    d.deps(
+        tree,
+        "vendor/bundle",
+        &["Gemfile", "Gemfile.lock"],
+        &["ruby"],
+    );
     // Gems go into the app layer, so the service finds them; downloads are cached.
     let mut run = vec![
         ("BUNDLE_PATH", "/app/vendor/bundle"),
@@ -762,18 +825,35 @@ fn python(tree: &Tree<'_>, tools: &Tools) -> Option<Detected> {
         return None;
     }
     let venv_python = "/app/.venv/bin/python";
-    let make_venv = "python3 -m venv /app/.venv";
+    // `python3 -m venv` spends seconds installing pip into every new venv (ensurepip);
+    // with the ship's own pip the venv goes without, and that pip installs into it.
+    let (make_venv, pip) = if tools.pip {
+        (
+            "python3 -m venv --without-pip /app/.venv",
+            "python3 -m pip --python /app/.venv/bin/python install",
+        )
+    } else {
+        ("python3 -m venv /app/.venv", "/app/.venv/bin/pip install")
+    };
     let pip_tools = |d: &mut Detected| {
-        d.missing = missing(
-            &[("python3", tools.python3), ("venv", tools.venv)],
-            "apt-get install python3 python3-venv",
-        );
+        if !tools.python3 || !(tools.pip || tools.venv) {
+            d.missing = Some((
+                "python3 with pip or venv".into(),
+                "apt-get install python3 python3-pip".into(),
+            ));
+        }
     };
     let mut d;
     if pyproject && tree.is_file("uv.lock") && tools.uv {
         d = Detected::new(AppKind::Python, "pyproject.toml, uv.lock");
         d.missing = missing(&[("python3", tools.python3)], "apt-get install python3");
-        d.steps.push(Step::build("uv sync --frozen --no-dev"));
+        d.steps.push(Step::install("uv sync --frozen --no-dev"));
+        d.deps(
+            tree,
+            ".venv",
+            &["pyproject.toml", "uv.lock"],
+            &["python3", "uv"],
+        );
         d.env("UV_PROJECT_ENVIRONMENT", "/app/.venv");
         d.env("UV_PYTHON_DOWNLOADS", "never");
         // The cache is another mount: hard links cannot reach the layer.
@@ -783,22 +863,29 @@ fn python(tree: &Tree<'_>, tools: &Tools) -> Option<Detected> {
         d = Detected::new(AppKind::Python, "pyproject.toml, poetry.lock");
         d.missing = missing(&[("python3", tools.python3)], "apt-get install python3");
         d.steps
-            .push(Step::build("poetry install --only main --no-interaction"));
+            .push(Step::install("poetry install --only main --no-interaction"));
+        d.deps(
+            tree,
+            ".venv",
+            &["pyproject.toml", "poetry.lock"],
+            &["python3", "poetry"],
+        );
         d.env("POETRY_VIRTUALENVS_IN_PROJECT", "true");
         d.cache("poetry", "POETRY_CACHE_DIR");
     } else if requirements {
         d = Detected::new(AppKind::Python, "requirements.txt");
         pip_tools(&mut d);
-        d.steps.push(Step::build(make_venv));
-        d.steps.push(Step::build(
-            "/app/.venv/bin/pip install -r requirements.txt",
-        ));
+        d.steps.push(Step::install(make_venv));
+        d.steps
+            .push(Step::install(format!("{pip} -r requirements.txt")));
+        d.deps(tree, ".venv", &["requirements.txt"], &["python3"]);
         d.cache("pip", "PIP_CACHE_DIR");
     } else if pyproject {
         d = Detected::new(AppKind::Python, "pyproject.toml");
         pip_tools(&mut d);
+        // The app itself goes into the venv: a saved venv would hold an old copy of it.
         d.steps.push(Step::build(make_venv));
-        d.steps.push(Step::build("/app/.venv/bin/pip install ."));
+        d.steps.push(Step::build(format!("{pip} .")));
         d.cache("pip", "PIP_CACHE_DIR");
     } else {
         let locked = tree.is_file("Pipfile.lock");
@@ -814,11 +901,17 @@ fn python(tree: &Tree<'_>, tools: &Tools) -> Option<Detected> {
             &[("python3", tools.python3), ("pipenv", tools.pipenv)],
             "apt-get install pipenv",
         );
-        d.steps.push(Step::build(if locked {
+        d.steps.push(Step::install(if locked {
             "pipenv install --deploy"
         } else {
             "pipenv install --skip-lock"
         }));
+        d.deps(
+            tree,
+            ".venv",
+            &["Pipfile", "Pipfile.lock"],
+            &["python3", "pipenv"],
+        );
         d.env("PIPENV_VENV_IN_PROJECT", "1");
         d.cache("pipenv", "PIPENV_CACHE_DIR");
         d.cache("pip", "PIP_CACHE_DIR");
@@ -999,7 +1092,20 @@ fn node(tree: &Tree<'_>, tools: &Tools) -> Result<Option<Detected>, PlanError> {
     } else {
         install.to_string()
     };
-    d.steps.push(Step::build(install));
+    d.steps.push(Step::install(install));
+    d.deps(
+        tree,
+        "node_modules",
+        &[
+            "package.json",
+            "package-lock.json",
+            "npm-shrinkwrap.json",
+            "yarn.lock",
+            "pnpm-lock.yaml",
+            ".npmrc",
+        ],
+        &["node", manager],
+    );
     if script("build") {
         d.steps.push(Step::build(format!("{manager} run build")));
     }

@@ -9,6 +9,7 @@ fn all_tools() -> Tools {
         pnpm: true,
         python3: true,
         venv: true,
+        pip: false,
         uv: true,
         poetry: true,
         pipenv: true,
@@ -188,7 +189,7 @@ fn missing_toolchains_say_what_was_found_and_what_to_install() {
         ),
         (
             &[("requirements.txt", "flask\n"), ("app.py", "")],
-            "requirements.txt found: this app needs python3 and venv on the ship: apt-get install python3 python3-venv",
+            "requirements.txt found: this app needs python3 with pip or venv on the ship: apt-get install python3 python3-pip",
         ),
         (
             &[("Gemfile", ""), ("config.ru", "")],
