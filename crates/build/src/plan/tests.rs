@@ -81,6 +81,39 @@ fn the_node_echo_example_installs_and_starts_its_main() {
     assert_eq!(p.caches, vec![CacheMount::new("npm")]);
     assert_eq!(p.caches[0].destination(), "/cache/npm");
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(p.steps[0].role, StepRole::Install);
+    let deps = p.deps.unwrap();
+    assert_eq!(deps.dir, "node_modules");
+    assert_eq!(deps.inputs, ["package.json"], "only the files that exist");
+    assert_eq!(deps.tools, ["node", "npm"]);
+}
+
+#[test]
+fn only_installs_that_do_not_hold_the_app_itself_are_reused() {
+    let p = App::new(&[("requirements.txt", ""), ("app.py", "")]).plan_ok();
+    assert_eq!(p.deps.unwrap().inputs, ["requirements.txt"]);
+    let p = App::new(&[("pyproject.toml", ""), ("app.py", "")])
+        .plan(
+            &Declared::default(),
+            &Tools {
+                uv: false,
+                poetry: false,
+                ..all_tools()
+            },
+        )
+        .unwrap();
+    assert_eq!(p.deps, None, "pip install . puts the app into the venv");
+    assert!(p.steps.iter().all(|s| s.role == StepRole::Build));
+    let declared = Declared {
+        build: vec!["npm ci".into()],
+        ..Declared::default()
+    };
+    let p = App::new(&[("package.json", ECHO_PACKAGE), ("index.js", "")])
+        .plan(&declared, &all_tools())
+        .unwrap();
+    assert_eq!(p.deps, None, "declared lines may install anything");
+    let p = App::new(&[("Gemfile", ""), ("Gemfile.lock", ""), ("config.ru", "")]).plan_ok();
+    assert_eq!(p.deps.unwrap().dir, "vendor/bundle");
 }
 
 #[test]
