@@ -84,7 +84,10 @@ pub(crate) fn save(saved: &Path, key: &str, app: &Path, dir: &str) -> std::io::R
         return Ok(false);
     }
     std::fs::create_dir_all(saved)?;
-    let tmp = saved.join(format!(".{key}.{}.tmp", std::process::id()));
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Unique per save: builds of one app may run at once.
+    let tmp = saved.join(format!(".{key}.{}-{n}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp)?;
     let copied = copy_tree(&src, &tmp.join("tree"));

@@ -17,6 +17,9 @@ use starphleet_runtime::{cgroups, net, unmount_under, Bind, ContainerSpec, Runti
 
 static N: AtomicU32 = AtomicU32::new(0);
 
+/// Ships of this process, each with its own subnet.
+static SHIPS: AtomicU32 = AtomicU32::new(0);
+
 fn next() -> u32 {
     N.fetch_add(1, Ordering::SeqCst)
 }
@@ -60,6 +63,8 @@ pub type Files<'a> = &'a [(&'a str, &'a [u8])];
 impl Ship {
     pub fn new() -> Self {
         let n = next();
+        let ship_no = SHIPS.fetch_add(1, Ordering::SeqCst);
+        assert!(ship_no < 8, "at most 8 test ships per process get a subnet");
         let pid = std::process::id();
         let name = format!("{}x{n}", pid % 100_000);
         let dir = std::env::temp_dir().join(format!("starphleet-apps-{name}"));
@@ -68,7 +73,7 @@ impl Ship {
         let runtime_root = PathBuf::from(format!("/run/starphleet-apps-{name}/runc"));
         let runtime = Runtime::new("/usr/sbin/runc", &runtime_root);
         // One /24 per ship of this process, away from the ship's own 10.200-249 range.
-        let third = ((pid % 31) * 8 + n % 8) as u8;
+        let third = ((pid % 31) * 8 + ship_no) as u8;
         let prefix = [172, 31, third];
         let bridge = format!("spab{name}");
         let ship_id = format!("bt{name}");
