@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use starphleet_build::{
-    BuildError, BuildRequest, Builder, DEFAULT_BUILD_TIMEOUT, DEFAULT_MAX_LOG_BYTES,
+    BuildError, BuildRequest, Builder, Declared, Tools, DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_MAX_LOG_BYTES,
 };
 use starphleet_runtime::Runtime;
 
@@ -55,10 +56,20 @@ fn build_with(
         std::fs::write(dest.join("input.txt"), format!("source of {commit}\n"))
     };
     let id = unique();
+    let declared = Declared {
+        build: lines.to_vec(),
+        start: Some("cat built.txt".into()),
+        buildpacks: Vec::new(),
+    };
     builder.build(&BuildRequest {
         service: "svc",
+        app: "svc",
         commit,
-        build_lines: lines,
+        declared: &declared,
+        tools: &Tools::default(),
+        base: None,
+        git: &starphleet_git::Git::default(),
+        network: None,
         env: &[
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("WHO".into(), "builder".into()),
@@ -86,6 +97,8 @@ fn builds_once_then_reuses_the_layer_and_failures_leave_nothing() {
 
     let layer = build(&builder, tmp.path(), "c1", &lines).unwrap();
     assert!(!layer.cached);
+    assert_eq!(layer.start, "cat built.txt");
+    assert_eq!(layer.start_script(), "exec cat built.txt");
     let built = std::fs::read_to_string(layer.dir.join("app/built.txt")).unwrap();
     assert_eq!(built, "source of c1\nby builder as 9000\n");
     let log = std::fs::read_to_string(tmp.path().join("build.log")).unwrap();
@@ -94,6 +107,8 @@ fn builds_once_then_reuses_the_layer_and_failures_leave_nothing() {
     let again = build(&builder, tmp.path(), "c1", &lines).unwrap();
     assert!(again.cached);
     assert_eq!(again.dir, layer.dir);
+    assert_eq!(again.plan, layer.plan, "a cached layer knows its plan");
+    assert_eq!(again.start, layer.start);
 
     let failing = vec!["echo compiling; echo broken >&2; exit 7".to_string()];
     let err = build(&builder, tmp.path(), "c2", &failing)

@@ -25,6 +25,9 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
+mod outbound;
+pub use outbound::{ensure_outbound, has_outbound, outbound_table, remove_outbound};
+
 /// A failed network namespace or netlink operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -63,6 +66,30 @@ pub enum NetError {
         what: String,
         /// The operating system's error.
         cause: std::io::Error,
+    },
+    /// A command the network setup needs is not installed.
+    #[error("`{command}` not found: install it with apt-get install {package}")]
+    NotInstalled {
+        /// The command, e.g. `nft`.
+        command: String,
+        /// The Debian package that has it.
+        package: String,
+    },
+    /// A command of the network setup failed.
+    #[error("{what}: {output}")]
+    Command {
+        /// What was attempted, e.g. "writing nftables table starphleet-a1b2c3".
+        what: String,
+        /// What the command said, trimmed.
+        output: String,
+    },
+    /// A command of the network setup hung and was killed.
+    #[error("{what}: no answer within {}; it was killed", humantime::format_duration(*after))]
+    CommandTimedOut {
+        /// What was attempted.
+        what: String,
+        /// The timeout that ran out.
+        after: std::time::Duration,
     },
     /// Setting up a container netns failed at one step; everything made was removed again.
     #[error("setting up netns {ns}: {cause}")]

@@ -101,6 +101,11 @@ pub struct ContainerSpec {
     pub readonly_app: bool,
     /// Memory, process, CPU and `/tmp` limits.
     pub limits: Limits,
+    /// A root filesystem (an unpacked base tarball) to run on instead of the host's `/usr`,
+    /// `/bin`, `/lib*` and `/etc` dirs; `None` binds the host's read-only (the default base).
+    /// It sits under `layers`; only `hosts`, `hostname`, `resolv.conf`, `passwd` and `group`
+    /// are generated over its `/etc` (the last two keep its own entries and add the app user).
+    pub base: Option<PathBuf>,
 }
 
 /// An extra bind mount into the container.
@@ -122,6 +127,9 @@ const HOST_ROOT_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx3
 /// Host /etc entries worth sharing read-only: TLS roots and the alternatives symlink farm
 /// that many /usr/bin commands point into.
 const HOST_ETC_DIRS: &[&str] = &["ssl", "ca-certificates", "alternatives"];
+
+/// The /etc files generated over a base's own /etc.
+const BASE_ETC_FILES: &[&str] = &["passwd", "group", "hosts", "hostname", "resolv.conf"];
 
 impl ContainerSpec {
     pub(crate) fn rootfs(&self) -> PathBuf {
@@ -190,6 +198,15 @@ impl ContainerSpec {
                 ));
             }
         }
+        if let Some(base) = &self.base {
+            if !base.is_absolute() || !base.join("etc").is_dir() {
+                return invalid(format!(
+                    "container {}: base {} must be an absolute path to an unpacked root filesystem (with an etc/ dir)",
+                    self.id,
+                    base.display()
+                ));
+            }
+        }
         self.validate_limits()
     }
 
@@ -232,6 +249,7 @@ impl ContainerSpec {
         let etc_dirs = self.write_etc(&b.join("etc"))?;
 
         let mut lowers = self.layers.clone();
+        lowers.extend(self.base.clone());
         lowers.push(b.join("skeleton"));
         mount_overlay(&lowers, &b.join("upper"), &b.join("work"), &self.rootfs())?;
 
@@ -275,6 +293,10 @@ impl ContainerSpec {
             .map_err(|e| io_at("chown", &app, e))?;
 
         let mut bound = Vec::new();
+        if self.base.is_some() {
+            // The base brings its own /bin, /lib, ...: nothing of the host's is bound.
+            return Ok(bound);
+        }
         for name in HOST_ROOT_DIRS {
             let host = Path::new("/").join(name);
             match fs::symlink_metadata(&host) {
@@ -301,18 +323,31 @@ impl ContainerSpec {
             let path = dir.join(name);
             fs::write(&path, text).map_err(|e| io_at("writing", &path, e))
         };
-        write(
-            "passwd",
-            &format!(
+        let base_etc = self.base.as_ref().map(|b| b.join("etc"));
+        let base_file = |name: &str| {
+            base_etc
+                .as_ref()
+                .and_then(|etc| fs::read_to_string(etc.join(name)).ok())
+        };
+        let passwd = match base_file("passwd") {
+            Some(text) => with_entry(
+                &text,
+                "app",
+                uid,
+                &format!("app:x:{uid}:{gid}:app:/app:/bin/sh"),
+            ),
+            None => format!(
                 "root:x:0:0:root:/root:/usr/sbin/nologin\n\
                  app:x:{uid}:{gid}:app:/app:/bin/sh\n\
                  nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
             ),
-        )?;
-        write(
-            "group",
-            &format!("root:x:0:\napp:x:{gid}:\nnogroup:x:65534:\n"),
-        )?;
+        };
+        write("passwd", &passwd)?;
+        let group = match base_file("group") {
+            Some(text) => with_entry(&text, "app", gid, &format!("app:x:{gid}:")),
+            None => format!("root:x:0:\napp:x:{gid}:\nnogroup:x:65534:\n"),
+        };
+        write("group", &group)?;
         write("hostname", &format!("{}\n", self.hostname))?;
         let mut hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -323,6 +358,10 @@ impl ContainerSpec {
         }
         write("hosts", &hosts)?;
         write("resolv.conf", &resolv_conf(self.netns.is_some()))?;
+        if self.base.is_some() {
+            // Everything else in /etc is the base's own.
+            return Ok(Vec::new());
+        }
         // Copied, not bound: each is small, and a copy keeps the host's file out of reach.
         for name in [
             "ld.so.cache",
@@ -411,15 +450,26 @@ impl ContainerSpec {
                     .build()
             };
         let mut mounts = get_default_mounts();
-        mounts.push(ro_bind(Path::new("/usr"), "/usr", &[])?);
-        for name in host_dirs {
-            let path = Path::new("/").join(name);
-            mounts.push(ro_bind(&path, &path.to_string_lossy(), &[])?);
-        }
-        mounts.push(ro_bind(&self.bundle_dir.join("etc"), "/etc", &["noexec"])?);
-        for name in etc_dirs {
-            let path = Path::new("/etc").join(name);
-            mounts.push(ro_bind(&path, &path.to_string_lossy(), &["noexec"])?);
+        if self.base.is_some() {
+            for name in BASE_ETC_FILES {
+                let file = format!("/etc/{name}");
+                mounts.push(ro_bind(
+                    &self.bundle_dir.join("etc").join(name),
+                    &file,
+                    &["noexec"],
+                )?);
+            }
+        } else {
+            mounts.push(ro_bind(Path::new("/usr"), "/usr", &[])?);
+            for name in host_dirs {
+                let path = Path::new("/").join(name);
+                mounts.push(ro_bind(&path, &path.to_string_lossy(), &[])?);
+            }
+            mounts.push(ro_bind(&self.bundle_dir.join("etc"), "/etc", &["noexec"])?);
+            for name in etc_dirs {
+                let path = Path::new("/etc").join(name);
+                mounts.push(ro_bind(&path, &path.to_string_lossy(), &["noexec"])?);
+            }
         }
         let mut tmp_options: Vec<String> =
             ["nosuid", "nodev", "mode=1777"].map(String::from).to_vec();
@@ -528,6 +578,24 @@ impl ContainerSpec {
             .linux(linux)
             .build()
     }
+}
+
+/// A passwd or group file with `entry` for `name`/`id` in place of any line naming either.
+fn with_entry(text: &str, name: &str, id: u32, entry: &str) -> String {
+    let id = id.to_string();
+    let mut out: String = text
+        .lines()
+        .filter(|l| {
+            let mut fields = l.split(':');
+            let n = fields.next();
+            let i = fields.nth(1);
+            n != Some(name) && i != Some(id.as_str())
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(entry);
+    out.push('\n');
+    out
 }
 
 fn invalid<T>(message: String) -> Result<T> {
@@ -753,6 +821,47 @@ mod tests {
         let mut s = spec();
         s.user = (0, 0);
         assert!(s.validate().unwrap_err().to_string().contains("non-root"));
+    }
+
+    #[test]
+    fn a_base_replaces_the_host_dirs_and_keeps_its_own_users() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir(base.path().join("etc")).unwrap();
+        std::fs::write(
+            base.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nold:x:9000:9000::/:/bin/sh\ndaemon:x:1:1::/:/bin/false\n",
+        )
+        .unwrap();
+        let mut s = spec();
+        s.base = Some(base.path().to_path_buf());
+        s.validate().unwrap();
+        let json = serde_json::to_value(s.oci_spec(&[], &[], true).unwrap()).unwrap();
+        let dests: Vec<&str> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert!(!dests.contains(&"/usr"), "{dests:?}");
+        assert!(!dests.contains(&"/etc"), "{dests:?}");
+        for f in ["/etc/passwd", "/etc/hosts", "/etc/resolv.conf"] {
+            assert!(dests.contains(&f), "{f} missing from {dests:?}");
+        }
+        let etc = tempfile::tempdir().unwrap();
+        let dir = etc.path().join("etc");
+        assert!(s.write_etc(&dir).unwrap().is_empty());
+        let passwd = std::fs::read_to_string(dir.join("passwd")).unwrap();
+        assert_eq!(
+            passwd,
+            "root:x:0:0::/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\napp:x:9000:9000:app:/app:/bin/sh\n"
+        );
+        assert!(
+            !dir.join("ld.so.cache").exists(),
+            "nothing of the host's /etc"
+        );
+
+        s.base = Some("relative/base".into());
+        assert!(s.validate().unwrap_err().to_string().contains("base"));
     }
 
     #[test]

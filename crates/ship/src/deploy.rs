@@ -456,10 +456,18 @@ async fn build(
         .ask(|reply| Event::BuildSeq { reply })
         .await
         .ok_or(DeployError::ShipStopping)?;
+    let declared = starphleet_build::Declared {
+        build: app.build.clone(),
+        start: app.start.clone(),
+        buildpacks: Vec::new(),
+    };
+    let tools = starphleet_build::Tools::probe();
     let _guard = ctx
         .lock(&starphleet_build::layer_key(
             &job.version.app_commit,
-            &app.build,
+            &declared,
+            &tools,
+            None,
         ))
         .await;
     ctx.telemetry.watch_build(
@@ -473,7 +481,6 @@ async fn build(
         job.version.app_commit.clone(),
         job.service.clone(),
     );
-    let build_lines = app.build.clone();
     let fresh = job.fresh_build;
     let timeout = job
         .version
@@ -492,10 +499,15 @@ async fn build(
         };
         ctx2.builder.build(&BuildRequest {
             service: &service,
+            app: &crate::names::safe_name(&service),
             commit: &commit,
-            build_lines: &build_lines,
+            declared: &declared,
+            tools: &tools,
+            base: None,
             env: &env,
             export: &export,
+            git: &ctx2.git,
+            network: None,
             log: &log,
             container_id: &id,
             cgroups_path: &cgroup,

@@ -2,6 +2,7 @@
 
 mod demo;
 mod init;
+mod static_site;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,17 @@ enum Command {
         /// The app's command.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Serve a directory over HTTP on $PORT: the server static sites run on in their container.
+    #[command(
+        after_help = "Example:\n  PORT=8080 starphleet serve-static ./public\n\nindex.html for directories, ETag/Last-Modified with 304s, gzip, byte ranges; dotfiles and paths out of DIR are refused."
+    )]
+    ServeStatic {
+        /// The directory to serve.
+        dir: PathBuf,
+        /// The port to listen on (all addresses).
+        #[arg(long, env = "PORT", default_value_t = 8080)]
+        port: u16,
     },
     /// The data-plane proxy (started by `ship`; not for direct use).
     #[command(hide = true)]
@@ -343,6 +355,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { .. } => unreachable!("handled before argument parsing"),
+        Command::ServeStatic { dir, port } => {
+            static_site::run(&dir, port).map(|()| ExitCode::SUCCESS)
+        }
         Command::Proxy { state_dir } => {
             // Access lines go to per-container files the ship collects, not to proxy.log.
             init_tracing("info,starphleet::access=off");

@@ -126,6 +126,7 @@ fn a_real_containers_output_is_collected_and_its_counters_sampled() {
         stderr: dir.join(format!("logs/{id}.stderr.log")),
         readonly_app: false,
         limits: Default::default(),
+        base: None,
     };
     env.container = Some((id.clone(), spec.bundle_dir.clone()));
 
