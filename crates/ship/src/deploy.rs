@@ -603,6 +603,7 @@ async fn start_container(
         stderr: record.stderr.clone(),
         readonly_app: false,
         limits: *limits,
+        base: layer.base.clone(),
     };
     let runtime = ctx.runtime.clone();
     let pid = tokio::task::spawn_blocking(move || runtime.start(&spec))
