@@ -46,6 +46,37 @@ fn limits(order: &starphleet_orders::Order, app: &AppSpec) -> starphleet_runtime
 /// Where the `starphleet` binary is bound in each container to run as its init (`starphleet init`).
 const INIT_PATH: &str = "/.starphleet/starphleet";
 
+/// Where the ship's shared libraries are bound in containers on a base of their own.
+const INIT_LIBS: &str = "/.starphleet/lib";
+
+/// The shared libraries this process runs on (its loader, libc…), read from its own memory
+/// map: exactly what the init (this same executable) needs in a container without them.
+fn host_libraries() -> &'static [PathBuf] {
+    static LIBS: std::sync::LazyLock<Vec<PathBuf>> = std::sync::LazyLock::new(|| {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let mut libs: Vec<PathBuf> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.starts_with('/') && p.contains(".so"))
+            .map(PathBuf::from)
+            .collect();
+        libs.sort();
+        libs.dedup();
+        libs
+    });
+    &LIBS
+}
+
+fn is_loader(lib: &Path) -> bool {
+    file_name(lib).starts_with("ld-linux")
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Why a deploy did not reach its switch.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -71,14 +102,6 @@ pub enum DeployError {
         commit: String,
         /// Every diagnostic, rendered.
         diagnostics: String,
-    },
-    /// Neither `Starphleet` nor `Procfile` says how to start the app.
-    #[error("{url} at {commit} has no start command: add a `Starphleet` file at its root with a line `start <command>` (or a Procfile with `web: <command>`)")]
-    NoStart {
-        /// The repository.
-        url: String,
-        /// The commit.
-        commit: String,
     },
     /// A build step failed.
     #[error(transparent)]
@@ -288,20 +311,19 @@ async fn pipeline(
 
     check(cancel)?;
     timer.next("build");
-    let app = app_spec(ctx, &mirror, job).await?;
-    let start = app.start.clone().ok_or_else(|| DeployError::NoStart {
-        url: url.clone(),
-        commit: short(&want.app_commit).into(),
-    })?;
-    let env = crate::env::merge(&[&app.env, &want.env]);
-    let layer = build(ctx, owner, job, &mirror, &app, &env).await?;
+    let (app, files) = app_spec(ctx, &mirror, job).await?;
+    // The app's `.env` is the lowest layer, under its `Starphleet` exports, HQ, ship and order.
+    let env = crate::env::merge(&[&files.dotenv, &app.env, &want.env]);
+    let private = order.publish.first().map(|p| p.private);
+    let notes = port_notes(&env, private);
+    let layer = build(ctx, owner, job, &mirror, &app, &env, &notes).await?;
+    let env = crate::env::merge(&[layer.run_env(), &env]);
     timer.record.layer = Some(layer.key.clone());
     let used = layer.dir.clone();
     let _ = tokio::task::spawn_blocking(move || crate::gc::mark_used(&used)).await;
 
     check(cancel)?;
     timer.next("start");
-    let private = order.publish.first().map(|p| p.private);
     let instances = order.instances.unwrap_or(1).max(1);
     let records = owner
         .ask(|reply| Event::Allocate {
@@ -314,6 +336,7 @@ async fn pipeline(
         .ok_or(DeployError::ShipStopping)?
         .map_err(DeployError::Allocate)?;
     let mut containers = Vec::new();
+    let start = layer.start_script();
     let launch = Launch {
         layer: &layer,
         start: &start,
@@ -334,7 +357,11 @@ async fn pipeline(
 
     timer.next("health");
     let timeout = order.health_timeout.unwrap_or(health::DEFAULT_TIMEOUT);
-    let path = order.healthcheck.clone().or(app.healthcheck.clone());
+    let path = order
+        .healthcheck
+        .clone()
+        .or(app.healthcheck.clone())
+        .or(files.healthcheck.clone());
     for c in &containers {
         let pid = c.pid;
         let token = cancel.clone();
@@ -394,8 +421,22 @@ fn short(commit: &str) -> &str {
     &commit[..12.min(commit.len())]
 }
 
-/// Reads the app's `Starphleet` file, or its Procfile's `web:` line.
-async fn app_spec(ctx: &Ctx, mirror: &Path, job: &DeployJob) -> Result<AppSpec, DeployError> {
+/// What the app's own conventions say, besides its `Starphleet` file.
+#[derive(Default)]
+struct AppFiles {
+    /// `.env` at the app root (`KEY=VALUE` or `export KEY=VALUE`): the lowest env layer.
+    dotenv: Vec<(String, String)>,
+    /// The first line of a `healthcheck` file at the app root: the default health check.
+    healthcheck: Option<String>,
+}
+
+/// Reads the app's `Starphleet` file (an empty spec without one: the build plan detects the
+/// rest), its `.env` and its `healthcheck` file.
+async fn app_spec(
+    ctx: &Ctx,
+    mirror: &Path,
+    job: &DeployJob,
+) -> Result<(AppSpec, AppFiles), DeployError> {
     let url = job.version.order.autodeploy.url.clone();
     let commit = job.version.app_commit.clone();
     let fetch_error = |source| DeployError::Fetch {
@@ -403,36 +444,52 @@ async fn app_spec(ctx: &Ctx, mirror: &Path, job: &DeployJob) -> Result<AppSpec, 
         commit: short(&commit).into(),
         source,
     };
+    let spec_error = |diags: Vec<starphleet_orders::Diagnostic>| DeployError::AppSpec {
+        url: url.clone(),
+        commit: short(&commit).into(),
+        diagnostics: diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
     let read = |name: &'static str| {
         let (git, mirror, commit) = (ctx.git.clone(), mirror.to_path_buf(), commit.clone());
         tokio::task::spawn_blocking(move || git.read_file(&mirror, &commit, name))
     };
-    if let Some(bytes) = read("Starphleet").await?.map_err(fetch_error)? {
-        let text = String::from_utf8_lossy(&bytes);
-        return starphleet_orders::parse_app(Path::new("Starphleet"), &text).map_err(|diags| {
-            DeployError::AppSpec {
-                url: url.clone(),
-                commit: short(&commit).into(),
-                diagnostics: diags
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            }
-        });
-    }
-    if let Some(bytes) = read("Procfile").await?.map_err(fetch_error)? {
-        if let Some(web) = starphleet_orders::parse_procfile(&String::from_utf8_lossy(&bytes)) {
-            return Ok(AppSpec {
-                start: Some(web),
-                ..AppSpec::default()
-            });
+    let spec = match read("Starphleet").await?.map_err(fetch_error)? {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            starphleet_orders::parse_app(Path::new("Starphleet"), &text).map_err(spec_error)?
         }
+        None => AppSpec::default(),
+    };
+    let mut files = AppFiles::default();
+    if let Some(bytes) = read(".env").await?.map_err(fetch_error)? {
+        let text = String::from_utf8_lossy(&bytes);
+        files.dotenv =
+            starphleet_orders::parse_env_file(Path::new(".env"), &text).map_err(spec_error)?;
     }
-    Err(DeployError::NoStart {
-        url,
-        commit: short(&commit).into(),
-    })
+    if let Some(bytes) = read("healthcheck").await?.map_err(fetch_error)? {
+        files.healthcheck =
+            starphleet_orders::parse_healthcheck_file(&String::from_utf8_lossy(&bytes));
+    }
+    Ok((spec, files))
+}
+
+/// Build-log lines about `PORT`: the service always listens on the order's `--private` port,
+/// whatever the app's own env says.
+fn port_notes(env: &[(String, String)], private: Option<u16>) -> Vec<String> {
+    let (Some(port), Some((_, theirs))) = (private, env.iter().rev().find(|(k, _)| k == "PORT"))
+    else {
+        return Vec::new();
+    };
+    if theirs.trim() == port.to_string() {
+        return Vec::new();
+    }
+    vec![format!(
+        "-----> PORT={theirs} from the app's env is overridden: the order publishes --private {port}, so the service gets PORT={port}"
+    )]
 }
 
 async fn build(
@@ -442,6 +499,7 @@ async fn build(
     mirror: &Path,
     app: &AppSpec,
     env: &[(String, String)],
+    notes: &[String],
 ) -> Result<Layer, DeployError> {
     let log_dir = ctx.layout.service_logs(&job.service);
     let log = log_dir.join("build.log");
@@ -452,22 +510,40 @@ async fn build(
             cause: source,
         })
     })?;
-    let seq = owner
-        .ask(|reply| Event::BuildSeq { reply })
+    let slot = owner
+        .ask(|reply| Event::BuildSlot { reply })
         .await
         .ok_or(DeployError::ShipStopping)?;
+    // The address goes back to the owner however the build ends.
+    let _lease = slot.ip.map(|ip| AddressLease {
+        owner: owner.clone(),
+        ip,
+    });
+    let net = ctx.names.net();
+    let network = slot.ip.map(|ip| starphleet_build::BuildNetwork {
+        netns: ctx.names.netns(slot.seq),
+        host_if: ctx.names.host_veth(slot.seq),
+        bridge: net.bridge.clone(),
+        ip,
+        prefix_len: net.prefix_len(),
+        gateway: net.gateway(),
+    });
     let declared = starphleet_build::Declared {
         build: app.build.clone(),
         start: app.start.clone(),
-        buildpacks: Vec::new(),
+        buildpacks: app.buildpacks.clone(),
     };
+    let base = job.version.order.base.clone().or(app.base.clone());
     let tools = starphleet_build::Tools::probe();
     let _guard = ctx
         .lock(&starphleet_build::layer_key(
             &job.version.app_commit,
             &declared,
             &tools,
-            None,
+            base.as_ref().map(|b| starphleet_build::BaseRef {
+                source: &b.source,
+                sha256: b.sha256.as_deref(),
+            }),
         ))
         .await;
     ctx.telemetry.watch_build(
@@ -475,6 +551,15 @@ async fn build(
         &log,
         &version_label(&job.version.app_commit, &job.version.order.revision),
     );
+    if !notes.is_empty() {
+        append_lines(&log, notes).map_err(|cause| {
+            DeployError::Build(starphleet_build::BuildError::Io {
+                what: "writing the build log",
+                path: log.clone(),
+                cause,
+            })
+        })?;
+    }
     let ctx2 = ctx.clone();
     let (mirror, commit, service) = (
         mirror.to_path_buf(),
@@ -490,7 +575,7 @@ async fn build(
         .unwrap_or(starphleet_build::DEFAULT_BUILD_TIMEOUT);
     let env = with_defaults(env);
     let layer = tokio::task::spawn_blocking(move || {
-        let id = ctx2.names.build_container(seq);
+        let id = ctx2.names.build_container(slot.seq);
         let cgroup = ctx2.names.cgroup(&id);
         let export = |dest: &Path| -> std::io::Result<()> {
             ctx2.git
@@ -503,11 +588,14 @@ async fn build(
             commit: &commit,
             declared: &declared,
             tools: &tools,
-            base: None,
+            base: base.as_ref().map(|b| starphleet_build::BaseRef {
+                source: &b.source,
+                sha256: b.sha256.as_deref(),
+            }),
             env: &env,
             export: &export,
             git: &ctx2.git,
-            network: None,
+            network: network.as_ref(),
             log: &log,
             container_id: &id,
             cgroups_path: &cgroup,
@@ -519,6 +607,30 @@ async fn build(
     .await??;
     info!(service = %job.service, layer = %layer.key, cached = layer.cached, "build ready");
     Ok(layer)
+}
+
+/// Gives a build's address back to the owner when dropped.
+struct AddressLease {
+    owner: OwnerTx,
+    ip: std::net::Ipv4Addr,
+}
+
+impl Drop for AddressLease {
+    fn drop(&mut self) {
+        self.owner.send(Event::BuildEnded { ip: self.ip });
+    }
+}
+
+fn append_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for line in lines {
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
 }
 
 fn with_defaults(env: &[(String, String)]) -> Vec<(String, String)> {
@@ -576,28 +688,47 @@ async fn start_container(
         env = crate::env::merge(&[&env, &[("PORT".to_string(), port.to_string())]]);
     }
     let hostname = crate::names::hostname(&job.service);
+    let (mut args, mut binds) = (Vec::new(), Vec::new());
+    if layer.base.is_some() {
+        // A base has no host libraries: the init runs on the ship's own, bound beside it.
+        let libs = host_libraries();
+        if let Some(loader) = libs.iter().find(|l| is_loader(l)) {
+            args = vec![
+                format!("{INIT_LIBS}/{}", file_name(loader)),
+                "--library-path".into(),
+                INIT_LIBS.into(),
+            ];
+        }
+        binds.extend(libs.iter().map(|l| Bind {
+            source: l.clone(),
+            destination: format!("{INIT_LIBS}/{}", file_name(l)),
+            readonly: true,
+        }));
+    }
+    args.extend([
+        INIT_PATH.into(),
+        "init".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        start.to_string(),
+    ]);
+    binds.push(Bind {
+        source: ctx.opts.self_exe.clone(),
+        destination: INIT_PATH.into(),
+        readonly: true,
+    });
     let spec = ContainerSpec {
         id: record.id.clone(),
         bundle_dir: record.bundle.clone(),
         layers: vec![layer.dir.clone()],
-        args: vec![
-            INIT_PATH.into(),
-            "init".into(),
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("exec {start}"),
-        ],
+        args,
         env,
         cwd: "/app".into(),
         user: APP_USER,
         hostname: hostname.clone(),
         netns: Some(netns),
         hosts: vec![(record.ip.into(), hostname)],
-        binds: vec![Bind {
-            source: ctx.opts.self_exe.clone(),
-            destination: INIT_PATH.into(),
-            readonly: true,
-        }],
+        binds,
         cgroups_path: ctx.names.cgroup(&record.id),
         stdout: record.stdout.clone(),
         stderr: record.stderr.clone(),
@@ -688,5 +819,32 @@ fn read_tail(path: &PathBuf) -> String {
             .unwrap_or_default()
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_notes;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_app_port_other_than_the_orders_is_named_in_the_build_log() {
+        let notes = port_notes(&env(&[("PORT", "3001")]), Some(3000));
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("PORT=3001"), "{notes:?}");
+        assert!(notes[0].contains("PORT=3000"), "{notes:?}");
+    }
+
+    #[test]
+    fn the_same_port_or_none_says_nothing() {
+        assert!(port_notes(&env(&[("PORT", "3000")]), Some(3000)).is_empty());
+        assert!(port_notes(&env(&[("OTHER", "1")]), Some(3000)).is_empty());
+        assert!(port_notes(&env(&[("PORT", "3001")]), None).is_empty());
     }
 }

@@ -111,6 +111,13 @@ pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport, DownErr
     if let Err(e) = starphleet_runtime::net::delete_link(&names.net().bridge).await {
         report.problems.push(format!("bridge: {e}"));
     }
+    let id = names.ship_id().to_string();
+    match tokio::task::spawn_blocking(move || starphleet_runtime::net::remove_outbound(&id)).await {
+        // Without nft there was never a table to remove.
+        Ok(Ok(()) | Err(starphleet_runtime::NetError::NotInstalled { .. })) => {}
+        Ok(Err(e)) => report.problems.push(format!("outbound NAT: {e}")),
+        Err(e) => report.problems.push(format!("outbound NAT: {e}")),
+    }
     let runtime_dir = Layout::runtime_root(names.ship_id());
     let run_dir = runtime_dir.parent().unwrap_or(&runtime_dir).to_path_buf();
     for dir in [layout.root(), run_dir.as_path()] {

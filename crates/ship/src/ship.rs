@@ -41,6 +41,9 @@ pub struct ShipOptions {
     pub name: String,
     /// The `starphleet` executable: started as `<exe> proxy` for the data plane, and bound into containers as their init.
     pub self_exe: PathBuf,
+    /// Whether containers and builds may reach addresses beyond the ship (outbound NAT from
+    /// its bridge); `--no-outbound` turns it off.
+    pub outbound: bool,
 }
 
 /// Why a ship cannot start or run.
@@ -65,6 +68,14 @@ pub enum ShipError {
     /// The ship's bridge could not be set up.
     #[error("creating the ship's bridge {bridge}: {source}")]
     Bridge {
+        /// The bridge.
+        bridge: String,
+        /// Why.
+        source: starphleet_runtime::NetError,
+    },
+    /// Outbound NAT for the ship's bridge could not be set (or removed).
+    #[error("outbound NAT for the ship's bridge {bridge}: {source} (install nftables, or start the ship with --no-outbound)")]
+    Outbound {
         /// The bridge.
         bridge: String,
         /// Why.
@@ -209,6 +220,37 @@ impl Ship {
                 bridge: net.bridge.clone(),
                 source,
             })?;
+        let (bridge, id, outbound) = (
+            net.bridge.clone(),
+            ctx.names.ship_id().to_string(),
+            ctx.opts.outbound,
+        );
+        let nat = tokio::task::spawn_blocking(move || {
+            if outbound {
+                starphleet_runtime::net::ensure_outbound(
+                    &bridge,
+                    net.network,
+                    net.prefix_len(),
+                    &id,
+                )
+            } else {
+                // Without nft there is no table left from an earlier start to remove.
+                match starphleet_runtime::net::remove_outbound(&id) {
+                    Err(starphleet_runtime::NetError::NotInstalled { .. }) => Ok(()),
+                    other => other,
+                }
+            }
+        })
+        .await
+        .map_err(|e| ShipError::StateDir {
+            what: "setting outbound NAT",
+            path: ctx.layout.root().to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        nat.map_err(|source| ShipError::Outbound {
+            bridge: ctx.names.net().bridge,
+            source,
+        })?;
 
         let listed = list_containers(&ctx).await;
         let mut state = self.state;

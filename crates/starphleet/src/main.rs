@@ -56,6 +56,10 @@ enum Command {
         /// Name shown in status and error pages (default: the hostname).
         #[arg(long)]
         name: Option<String>,
+        /// Containers and builds reach only the ship's bridge: no outbound NAT (builds that
+        /// download dependencies then fail).
+        #[arg(long)]
+        no_outbound: bool,
     },
     /// Validate an HQ checkout; prints compiler-style errors and exits 1 if any.
     #[command(
@@ -233,6 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime: rt,
             poll_interval,
             name,
+            no_outbound,
         } => {
             init_tracing("info");
             let layout = Layout::new(&state_dir);
@@ -261,6 +266,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 poll_interval,
                 name: name.unwrap_or_else(hostname),
                 self_exe: std::env::current_exe()?,
+                outbound: !no_outbound,
             };
             runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
             Ok(ExitCode::SUCCESS)
@@ -350,6 +356,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 poll_interval: None,
                 name: hostname(),
                 self_exe: std::env::current_exe()?,
+                outbound: true,
             };
             runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
             Ok(ExitCode::SUCCESS)

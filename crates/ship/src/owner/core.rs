@@ -64,10 +64,16 @@ pub(crate) enum Event {
         /// Answered once the records are safely in the state file.
         reply: oneshot::Sender<Result<Vec<ContainerRecord>, String>>,
     },
-    /// A build container needs a unique number.
-    BuildSeq {
-        /// Answered at once.
-        reply: oneshot::Sender<u32>,
+    /// A build container needs a unique number and an address on the ship's bridge.
+    BuildSlot {
+        /// Answered at once: the number, and the address (`None` when the bridge is full:
+        /// the build then shares the ship's network).
+        reply: oneshot::Sender<BuildSlot>,
+    },
+    /// A build finished with its address: it may be handed out again.
+    BuildEnded {
+        /// The address [`Event::BuildSlot`] gave it.
+        ip: std::net::Ipv4Addr,
     },
     /// A container of a deploy was started.
     Started {
@@ -287,9 +293,20 @@ pub(crate) struct Core {
     /// Which deploy record a draining version's drain and stop times belong to.
     drain_records: HashMap<u64, (String, u64)>,
     next_deploy: u64,
+    /// Addresses lent to build containers (not persisted: builds end with the ship).
+    build_addresses: BTreeSet<std::net::Ipv4Addr>,
     dirty: bool,
     after_persist: Vec<AfterPersist>,
     effects: Vec<Effect>,
+}
+
+/// What a build container gets: a number for its names, and an address when one is free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildSlot {
+    /// Unique among the ship's containers (names its container, netns and veth).
+    pub seq: u32,
+    /// Its address on the ship's bridge.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// How many plan → apply rounds one batch of events may take before the owner waits again;
@@ -314,6 +331,7 @@ impl Core {
             switches: Vec::new(),
             drain_records: HashMap::new(),
             next_deploy: 1,
+            build_addresses: BTreeSet::new(),
             dirty: false,
             after_persist: Vec::new(),
             effects: Vec::new(),
@@ -407,11 +425,20 @@ impl Core {
                     }
                 }
             }
-            Event::BuildSeq { reply } => {
+            Event::BuildSlot { reply } => {
+                let ip = self.free_host().ok().map(|host| {
+                    self.state_mut().last_host = host;
+                    let ip = self.names.net().host(host);
+                    self.build_addresses.insert(ip);
+                    ip
+                });
                 let state = self.state_mut();
                 let seq = state.next_seq;
                 state.next_seq = seq.wrapping_add(1);
-                let _ = reply.send(seq);
+                let _ = reply.send(BuildSlot { seq, ip });
+            }
+            Event::BuildEnded { ip } => {
+                self.build_addresses.remove(&ip);
             }
             Event::Started {
                 service,
@@ -596,6 +623,29 @@ impl Core {
         self.world.hq_error = None;
     }
 
+    /// The next free host number on the bridge, after the last one handed out: a freed
+    /// address is reused last, so a stale route never reaches a newer container.
+    fn free_host(&self) -> Result<u16, String> {
+        let net = self.names.net();
+        let used: BTreeSet<std::net::Ipv4Addr> = self
+            .state
+            .all_containers()
+            .map(|c| c.ip)
+            .chain(self.build_addresses.iter().copied())
+            .collect();
+        let capacity = net.capacity();
+        let start = self.state.last_host.max(1);
+        (1..=capacity)
+            .map(|i| {
+                let (start, i, cap) = (u32::from(start), u32::from(i), u32::from(capacity));
+                ((start + cap - 2 + i) % cap) as u16 + 2
+            })
+            .find(|&n| !used.contains(&net.host(n)))
+            .ok_or_else(|| {
+                format!("no free address left on the ship's bridge ({capacity} containers run)")
+            })
+    }
+
     fn allocate(
         &mut self,
         service: &str,
@@ -604,23 +654,10 @@ impl Core {
         now_ms: u64,
     ) -> Result<Vec<ContainerRecord>, String> {
         let net = self.names.net();
-        let mut used: BTreeSet<std::net::Ipv4Addr> =
-            self.state.all_containers().map(|c| c.ip).collect();
         let mut out = Vec::new();
         for _ in 0..count {
-            let capacity = net.capacity();
-            let start = self.state.last_host.max(1);
-            // Hosts .2 upwards in turn, after the last one handed out: a freed address is
-            // reused last, so a stale route never reaches a newer container.
-            let host = (1..=capacity)
-                .map(|i| {
-                    let (start, i, cap) = (u32::from(start), u32::from(i), u32::from(capacity));
-                    ((start + cap - 2 + i) % cap) as u16 + 2
-                })
-                .find(|&n| !used.contains(&net.host(n)))
-                .ok_or_else(|| {
-                    format!("no free address left on the ship's bridge ({capacity} containers run)")
-                })?;
+            // Each record joins `pending` below, so the next round sees its address as used.
+            let host = self.free_host()?;
             let names = self.names.clone();
             let logs = self.layout.service_logs(service);
             let bundles = self.layout.bundles();
@@ -629,7 +666,6 @@ impl Core {
             let seq = state.next_seq;
             state.next_seq = seq.wrapping_add(1);
             let ip = net.host(host);
-            used.insert(ip);
             let id = names.container(seq, service);
             let record = ContainerRecord {
                 bundle: bundles.join(&id),

@@ -394,3 +394,85 @@ pub fn runc_containers(id: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .collect()
 }
+
+/// A route out of a test namespace through the host: a veth pair with a /30, a default route
+/// in the namespace and masquerade on the host, so builds in a ship there reach the package
+/// registries. Removed on drop (the namespace end goes with its peer).
+pub struct Uplink {
+    host_if: String,
+    table: String,
+    /// The namespace end's address.
+    pub inside: std::net::Ipv4Addr,
+}
+
+static UPLINKS: AtomicU32 = AtomicU32::new(0);
+
+impl TestNet {
+    /// Gives this namespace a way out (see [`Uplink`]).
+    pub fn uplink(&self) -> Uplink {
+        let n = (std::process::id() * 8 + UPLINKS.fetch_add(1, Ordering::SeqCst)) % 16384;
+        // 10.252.0.0/16: one /30 per uplink, away from the ships' 10.200-249.
+        let base = u32::from(std::net::Ipv4Addr::new(10, 252, 0, 0)) + n * 4;
+        let outside = std::net::Ipv4Addr::from(base + 1);
+        let inside = std::net::Ipv4Addr::from(base + 2);
+        let host_if = unique("spu");
+        let up = Uplink {
+            table: format!("sptest-{host_if}"),
+            host_if,
+            inside,
+        };
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &up.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink0",
+            "netns",
+            &self.name,
+        ]));
+        sh(Command::new("ip").args(["addr", "add", &format!("{outside}/30"), "dev", &up.host_if]));
+        sh(Command::new("ip").args(["link", "set", &up.host_if, "up"]));
+        let ns = |args: &[&str]| {
+            let mut all = vec!["-n", self.name.as_str()];
+            all.extend_from_slice(args);
+            sh(Command::new("ip").args(&all));
+        };
+        ns(&["addr", "add", &format!("{inside}/30"), "dev", "uplink0"]);
+        ns(&["link", "set", "uplink0", "up"]);
+        ns(&["route", "add", "default", "via", &outside.to_string()]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        let script = format!(
+            "table ip {t} {{\n chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {inside}/30 oifname != \"{i}\" masquerade\n }}\n chain forward {{ type filter hook forward priority filter; policy accept;\n  iifname \"{i}\" accept\n  oifname \"{i}\" accept\n }}\n}}\n",
+            t = up.table,
+            i = up.host_if,
+        );
+        let file = std::env::temp_dir().join(format!("{}.nft", up.table));
+        std::fs::write(&file, script).unwrap();
+        let out = Command::new("nft")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .expect("nft");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        up
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
