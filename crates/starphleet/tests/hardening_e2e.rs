@@ -585,3 +585,67 @@ fn a_full_state_disk_drops_logs_keeps_services_and_recovers_when_space_returns()
     drop(ship);
     drop(disk);
 }
+
+/// `GET /` answers `fed`, `GET /eat` allocates 200 MB.
+const GREEDY: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/eat":
+            hog = bytearray(200 * 1024 * 1024)
+            for i in range(0, len(hog), 4096):
+                hog[i] = 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"fed")
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+#[ignore = "root tier (runc, network namespaces, cgroups): run by scripts/test"]
+fn a_service_over_its_memory_limit_is_killed_restarted_and_reported() {
+    let mut ship = TestShip::new();
+    let app = Repo::new(ship.path("greedy"));
+    app.write("greedy.py", GREEDY)
+        .write("Starphleet", "start /usr/bin/python3 greedy.py\n");
+    app.commit("greedy");
+    ship.hq
+        .write(
+            "greedy.orders",
+            &format!(
+                "autodeploy {}\npublish --private 8000\nmemory 64M\n",
+                app.url()
+            ),
+        )
+        .commit("greedy");
+    ship.start();
+    ship.wait_for_body(80, "/greedy/", "fed", DEPLOY);
+    let limit = service(&ship, "greedy")["containers"][0]["memory_limit_bytes"].clone();
+    assert_eq!(limit, serde_json::json!(64 << 20), "status shows the limit");
+    let before = container_ids(&ship, "greedy");
+
+    // The request dies with its container; the host and the other services do not notice.
+    let _ = ship.get(80, "/greedy/eat");
+    wait_until(
+        "the OOM kill is reported",
+        DEPLOY,
+        || {
+            let svc = service(&ship, "greedy");
+            svc.to_string().contains("out of memory") && svc["restarts"].as_u64() >= Some(1)
+        },
+        || ship.log(),
+    );
+    ship.wait_for_body(80, "/greedy/", "fed", DEPLOY);
+    assert_ne!(
+        container_ids(&ship, "greedy"),
+        before,
+        "restarted in a new container"
+    );
+    let logs = ship.cli(&["logs", "greedy", "--kind", "ship"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("out of memory"),
+        "the service's log says why: {}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+}
