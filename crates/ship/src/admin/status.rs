@@ -36,6 +36,9 @@ pub struct Status {
     /// The build cache as last collected.
     #[serde(default)]
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// How long the control plane's passes of decisions take.
+    #[serde(default)]
+    pub decide: crate::owner::core::DecideTimes,
 }
 
 /// One log forwarder in the status.
@@ -284,5 +287,6 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         forwarders,
         sampled_at_ms: now_ms,
         build_cache: snap.build_cache.clone(),
+        decide: snap.decide,
     }
 }

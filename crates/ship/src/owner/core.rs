@@ -266,6 +266,30 @@ pub struct Snapshot {
     pub deploying: BTreeSet<String>,
     /// The build cache as last collected.
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// How long the owner's passes of decisions take.
+    pub decide: DecideTimes,
+}
+
+/// How long the owner's passes of decisions (events in, plan, state changes, effects out; no
+/// I/O) take: what bounds how fast the ship reacts, whatever the number of services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecideTimes {
+    /// Passes so far.
+    pub passes: u64,
+    /// The last pass, microseconds.
+    pub last_us: u64,
+    /// The longest pass, microseconds.
+    pub max_us: u64,
+}
+
+impl DecideTimes {
+    /// Counts one pass that took `took`.
+    pub fn record(&mut self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.passes += 1;
+        self.last_us = us;
+        self.max_us = self.max_us.max(us);
+    }
 }
 
 /// The route table the proxy should have, numbered.
@@ -588,6 +612,7 @@ impl Core {
             unreachable,
             deploying: self.world.deploys.keys().cloned().collect(),
             build_cache: self.world.build_cache.clone(),
+            decide: DecideTimes::default(),
         }
     }
 

@@ -110,21 +110,28 @@ pub(crate) async fn run(
     let mut forwarding = Arc::new(Forwarding::default());
     let mut wake: Option<u64> = Some(now_ms());
     let collecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut decide = core::DecideTimes::default();
     loop {
         let sleep = wake.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-        tokio::select! {
+        let first = tokio::select! {
             event = rx.recv() => match event {
-                Some(event) => core.handle(event, now_ms()),
+                Some(event) => Some(event),
                 None => break,
             },
-            () = tokio::time::sleep(sleep.unwrap_or(Duration::ZERO)), if sleep.is_some() => {}
+            () = tokio::time::sleep(sleep.unwrap_or(Duration::ZERO)), if sleep.is_some() => None,
             () = stop.cancelled() => break,
+        };
+        // The decisions of one pass (pure: no I/O), timed for `status`.
+        let began = std::time::Instant::now();
+        if let Some(event) = first {
+            core.handle(event, now_ms());
         }
         // Take whatever else arrived meanwhile in the same pass.
         while let Ok(event) = rx.try_recv() {
             core.handle(event, now_ms());
         }
         wake = core.settle(now_ms());
+        decide.record(began.elapsed());
         for effect in core.take_effects() {
             match effect {
                 core::Effect::Deploy(job) => {
@@ -193,8 +200,10 @@ pub(crate) async fn run(
         if routes_tx.borrow().version != core.routes().version {
             routes_tx.send_replace(Arc::new(core.routes().clone()));
         }
+        let mut snapshot = core.snapshot();
+        snapshot.decide = decide;
         view_tx.send_replace(View {
-            snapshot: core.snapshot(),
+            snapshot,
             forwarding: forwarding.clone(),
         });
     }
