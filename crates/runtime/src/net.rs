@@ -26,7 +26,9 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
 mod outbound;
-pub use outbound::{ensure_outbound, has_outbound, outbound_table, remove_outbound};
+pub use outbound::{
+    ensure_isolated, ensure_outbound, has_outbound, outbound_table, remove_outbound,
+};
 
 /// A failed network namespace or netlink operation.
 #[derive(Debug, thiserror::Error)]

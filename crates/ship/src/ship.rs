@@ -73,8 +73,9 @@ pub enum ShipError {
         /// Why.
         source: starphleet_runtime::NetError,
     },
-    /// Outbound NAT for the ship's bridge could not be set (or removed).
-    #[error("outbound NAT for the ship's bridge {bridge}: {source} (install nftables, or start the ship with --no-outbound)")]
+    /// The ship's nftables table (outbound NAT, or with `--no-outbound` the rule keeping
+    /// containers in) could not be written.
+    #[error("the nftables table of the ship's bridge {bridge}: {source}")]
     Outbound {
         /// The bridge.
         bridge: String,
@@ -234,16 +235,17 @@ impl Ship {
                     &id,
                 )
             } else {
-                // Without nft there is no table left from an earlier start to remove.
-                match starphleet_runtime::net::remove_outbound(&id) {
-                    Err(starphleet_runtime::NetError::NotInstalled { .. }) => Ok(()),
-                    other => other,
-                }
+                starphleet_runtime::net::ensure_isolated(
+                    &bridge,
+                    net.network,
+                    net.prefix_len(),
+                    &id,
+                )
             }
         })
         .await
         .map_err(|e| ShipError::StateDir {
-            what: "setting outbound NAT",
+            what: "writing the nftables table for",
             path: ctx.layout.root().to_path_buf(),
             source: std::io::Error::other(e),
         })?;

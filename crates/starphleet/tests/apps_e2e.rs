@@ -348,15 +348,15 @@ fn wait_for_answer(ship: &TestShip) -> String {
     }
 }
 
-fn has_table(ship: &TestShip) -> bool {
-    let table = format!("starphleet-{}", ship.ship_id());
+/// The ship's nftables table as `nft` lists it; empty when there is none.
+fn table(ship: &TestShip, id: &str) -> String {
     let out = ship
         .net
         .command("nft")
-        .args(["list", "tables"])
+        .args(["list", "table", "ip", &format!("starphleet-{id}")])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&table)
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -367,17 +367,26 @@ fn services_call_out_unless_the_ship_says_no_outbound() {
     let (mut closed, _up2) = caller_ship(&remote, &["--no-outbound"]);
 
     assert_eq!(wait_for_answer(&open).trim(), "pong from the remote");
-    assert!(has_table(&open), "the ship set its outbound NAT");
+    let (open_id, closed_id) = (open.ship_id(), closed.ship_id());
+    assert!(
+        table(&open, &open_id).contains("masquerade"),
+        "the ship set its outbound NAT"
+    );
     let answer = wait_for_answer(&closed);
     assert!(answer.starts_with("unreachable"), "{answer}");
-    assert!(!has_table(&closed), "--no-outbound sets no NAT");
-
-    let out = open.down();
+    let closed_table = table(&closed, &closed_id);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !closed_table.contains("masquerade") && closed_table.contains("drop"),
+        "--no-outbound sets no NAT and drops what leaves the bridge, even on a routing host:\n{closed_table}"
     );
-    assert!(!has_table(&open), "down removes the ship's NAT table");
-    closed.down();
+
+    for (ship, id) in [(&mut open, open_id), (&mut closed, closed_id)] {
+        let out = ship.down();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(table(ship, &id), "", "down removes the ship's table");
+    }
 }

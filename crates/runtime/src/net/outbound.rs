@@ -52,18 +52,7 @@ pub fn ensure_outbound(
     prefix_len: u8,
     ship_id: &str,
 ) -> Result<()> {
-    check_ship_id(ship_id)?;
-    super::check_ifname(bridge)?;
-    if prefix_len > 32 {
-        return Err(NetError::InvalidName(format!(
-            "invalid prefix length /{prefix_len} for the subnet of bridge {bridge}: 0-32"
-        )));
-    }
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
-    let net = Ipv4Addr::from(u32::from(subnet) & mask);
-    let table = outbound_table(ship_id);
+    let (table, net) = checked(bridge, subnet, prefix_len, ship_id)?;
     let script = format!(
         "add table ip {table}\n\
          delete table ip {table}\n\
@@ -81,6 +70,53 @@ pub fn ensure_outbound(
     );
     enable_forwarding()?;
     nft(&script, &format!("writing nftables table {table}"))
+}
+
+/// Keeps containers on `bridge` from reaching anything beyond it (`--no-outbound`): the
+/// ship's table then holds only a forward chain dropping what the bridge's subnet sends
+/// elsewhere, so they stay shut in even on a host that routes (`ip_forward=1`). Replaces the
+/// table [`ensure_outbound`] writes; [`remove_outbound`] removes either.
+pub fn ensure_isolated(
+    bridge: &str,
+    subnet: Ipv4Addr,
+    prefix_len: u8,
+    ship_id: &str,
+) -> Result<()> {
+    let (table, net) = checked(bridge, subnet, prefix_len, ship_id)?;
+    let script = format!(
+        "add table ip {table}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
+           chain forward {{\n\
+             type filter hook forward priority filter; policy accept;\n\
+             iifname \"{bridge}\" ip saddr {net}/{prefix_len} oifname != \"{bridge}\" drop\n\
+           }}\n\
+         }}\n"
+    );
+    nft(&script, &format!("writing nftables table {table}"))
+}
+
+/// Validates the names; returns the ship's table and the subnet's first address.
+fn checked(
+    bridge: &str,
+    subnet: Ipv4Addr,
+    prefix_len: u8,
+    ship_id: &str,
+) -> Result<(String, Ipv4Addr)> {
+    check_ship_id(ship_id)?;
+    super::check_ifname(bridge)?;
+    if prefix_len > 32 {
+        return Err(NetError::InvalidName(format!(
+            "invalid prefix length /{prefix_len} for the subnet of bridge {bridge}: 0-32"
+        )));
+    }
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    Ok((
+        outbound_table(ship_id),
+        Ipv4Addr::from(u32::from(subnet) & mask),
+    ))
 }
 
 /// Removes the ship's table (see [`ensure_outbound`]); fine when there is none. IPv4
