@@ -36,6 +36,10 @@ pub struct Status {
     /// The build cache as last collected.
     #[serde(default)]
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// Every `--tls --host`'s certificate: host, source, expiry, next renewal and what is
+    /// wrong (a host without one names the three ways to get one).
+    #[serde(default)]
+    pub certs: Vec<starphleet_certs::CertStatus>,
 }
 
 /// One log forwarder in the status.
@@ -284,5 +288,6 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         forwarders,
         sampled_at_ms: now_ms,
         build_cache: snap.build_cache.clone(),
+        certs: Vec::new(),
     }
 }
