@@ -322,7 +322,8 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
             &format!(
                 "autodeploy {}\nexport NAME=app\n\
                  publish --private 8000 --tls --host app.test --host hq.test --host acme.test --url / --max-body 1k --timeout 2s\n\
-                 publish --private 8000 --public 8080 --host a.test --url /\n",
+                 publish --private 8000 --public 8080 --host a.test --url /\n\
+                 publish --private 8000 --tls --host *.nocert.test --url /nocert\n",
                 app.url()
             ),
         )
@@ -500,6 +501,31 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
     assert!(
         sources.contains(&("hq.test".into(), "headquarters".into())),
         "{sources:?}"
+    );
+    // A host without a certificate is named with the three ways to get one.
+    let missing = status["certs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["host"] == "*.nocert.test")
+        .unwrap();
+    let help = missing["error"].as_str().unwrap_or_default();
+    assert!(missing["source"].is_null(), "{missing}");
+    for part in [
+        "no certificate for *.nocert.test",
+        "_wildcard.nocert.test.crt",
+        "certs/_wildcard.nocert.test.crt",
+        "3. ACME cannot be used for a wildcard host",
+    ] {
+        assert!(help.contains(part), "{part} not in {help}");
+    }
+    let text = ship.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("certificate acme.test: acme, expires ")
+            && text.contains("certificate app.test: ship, expires ")
+            && text.contains("certificate *.nocert.test: none\n  no certificate for"),
+        "{text}"
     );
     let metrics = ship.net.run(|| {
         let socket = ship.state.join("admin.sock");
