@@ -440,6 +440,59 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
         started.elapsed()
     );
 
+    // Header limits: a 40 KiB header is 431; slowloris clients (a header byte every 200 ms)
+    // do not keep others from being served.
+    let huge = format!("X-Big: {}", "y".repeat(40 * 1024));
+    assert_eq!(code(&["-H", &huge, "https://app.test/x"]), "431");
+    let slow_stop = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let (stop, file) = (
+            slow_stop.clone(),
+            std::fs::File::open(ship.net.path()).unwrap(),
+        );
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut conns: Vec<TcpStream> = (0..50)
+                .filter_map(|_| TcpStream::connect("127.0.0.1:8080").ok())
+                .collect();
+            assert_eq!(conns.len(), 50);
+            for c in &mut conns {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n");
+            }
+            while !stop.load(Ordering::Relaxed) {
+                for c in &mut conns {
+                    let _ = c.write_all(b"X");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let started = Instant::now();
+        let body = curl(
+            &ship,
+            &[
+                "--resolve",
+                &resolve("a.test", 8080),
+                "http://a.test:8080/x",
+            ],
+        );
+        assert_eq!(body.as_deref(), Ok("app /x http"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    slow_stop.store(true, Ordering::Relaxed);
+    slow.join().unwrap();
+
     // A websocket over TLS.
     let roots = std::fs::read_to_string(&ca_pem).unwrap();
     ship.net.run(|| {
