@@ -9,6 +9,7 @@ use starphleet_git::Git;
 use starphleet_proxy::ProxyClient;
 use starphleet_runtime::Runtime;
 
+use crate::certs::CertsShared;
 use crate::layout::Layout;
 use crate::names::Names;
 use crate::telemetry::Telemetry;
@@ -33,6 +34,8 @@ pub(crate) struct Ctx {
     pub proxy: ProxyClient,
     /// Logs and events.
     pub telemetry: Telemetry,
+    /// The certificate task's statuses and forced renewals.
+    pub certs: CertsShared,
     locks: KeyedLocks,
 }
 
@@ -58,6 +61,7 @@ impl Ctx {
             builder,
             proxy,
             telemetry,
+            certs: CertsShared::default(),
             locks: KeyedLocks::default(),
         }
     }

@@ -409,6 +409,11 @@ fn publish_records(order: &starphleet_orders::Order) -> Vec<PublishRecord> {
             private: p.private,
             public: p.public,
             url: p.url.clone(),
+            hosts: p.hosts.clone(),
+            tls: p.tls,
+            redirect: p.redirect,
+            max_body: p.max_body,
+            timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
         })
         .collect()
 }

@@ -6,11 +6,13 @@
 //! - `plan` decides, purely, what to deploy, cancel, restart, retire, drain or reap;
 //! - `owner` is the single task owning the state: it applies events and plans, persists the
 //!   state (`persist`), and starts the work: `deploy` (fetch → build → start → health → switch),
-//!   `drain` (drainstop), with `routes` the one task programming the proxy;
+//!   `drain` (drainstop), with `routes` the one task programming the proxy and `certs` the
+//!   one keeping TLS certificates (found on the ship, in HQ, or ordered over ACME);
 //! - `admin` reports snapshots; `down` takes a ship apart; `names` and `layout` say what
 //!   everything is called and where it lives.
 
 pub mod admin;
+mod certs;
 mod context;
 mod deploy;
 pub mod down;

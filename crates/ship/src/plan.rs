@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use starphleet_orders::{GitSource, Order};
-use starphleet_proxy::{Route, RouteTable, Upstream};
+use starphleet_proxy::{RouteTable, Upstream};
 
 use crate::env;
 use crate::state::{ContainerLabel, ServiceState, ShipState, Version};
@@ -348,19 +348,15 @@ pub fn plan(input: &Input<'_>) -> Plan {
 }
 
 /// The route table the state calls for: every published port of each service's serving version
-/// (the one being switched to, when there is one). The first service (by name) claiming a port
-/// and prefix keeps it.
+/// (the one being switched to, when there is one), with its hosts, limits and TLS (see
+/// `routes::TableBuilder`). The first service (by name) claiming a port, hosts and prefix keeps it.
 pub fn route_table(ship: &str, services: &BTreeMap<String, ServiceState>) -> RouteTable {
-    let mut ports: BTreeMap<u16, Vec<Route>> = BTreeMap::new();
+    let mut table = crate::routes::TableBuilder::new(ship);
     for (service, s) in services {
         let Some(v) = s.switching.as_ref().or(s.current.as_ref()) else {
             continue;
         };
         for p in &v.publish {
-            let routes = ports.entry(p.public).or_default();
-            if routes.iter().any(|r| r.prefix == p.url) {
-                continue;
-            }
             let upstreams = v
                 .containers
                 .iter()
@@ -371,20 +367,10 @@ pub fn route_table(ship: &str, services: &BTreeMap<String, ServiceState>) -> Rou
                     container: c.id.clone(),
                 })
                 .collect();
-            routes.push(Route {
-                prefix: p.url.clone(),
-                service: service.clone(),
-                upstreams,
-                retry_after: Some(2),
-                ..Route::default()
-            });
+            table.add(service, p, upstreams);
         }
     }
-    RouteTable {
-        ship: ship.to_string(),
-        ports,
-        ..RouteTable::default()
-    }
+    table.finish()
 }
 
 /// What a ship that starts again finds: containers the state names that the runtime no longer

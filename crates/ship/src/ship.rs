@@ -273,6 +273,8 @@ impl Ship {
         let stop = CancellationToken::new();
         let channels = Channels::new(&core);
         let (applied_tx, applied) = watch::channel(0u64);
+        let (edge_tx, edge) = watch::channel(Arc::new(crate::routes::Edge::default()));
+        let (edge_applied_tx, edge_applied) = watch::channel(0u64);
         let owner_tx = channels.tx.clone();
         let view = channels.view.clone();
         let routes = channels.routes.clone();
@@ -293,11 +295,20 @@ impl Ship {
                 persister,
                 stop.clone(),
             )),
+            tokio::spawn(crate::certs::run(
+                ctx.clone(),
+                routes.clone(),
+                view.clone(),
+                crate::certs::Publisher::new(edge_tx, edge_applied),
+                stop.clone(),
+            )),
             tokio::spawn(crate::routes::run(
                 ctx.clone(),
                 owner_tx.clone(),
                 routes,
                 applied_tx,
+                edge,
+                edge_applied_tx,
                 stop.clone(),
             )),
             tokio::spawn(crate::supervise::run(

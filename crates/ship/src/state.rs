@@ -58,7 +58,7 @@ pub struct ServiceState {
 }
 
 /// One public route of a version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishRecord {
     /// Port the service listens on inside its container.
     pub private: u16,
@@ -66,6 +66,21 @@ pub struct PublishRecord {
     pub public: u16,
     /// URL prefix on that port.
     pub url: String,
+    /// `--host` names the route answers for; empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `--tls`: the public port speaks TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// With `tls`: port 80 answers 308 to the https URL for these hosts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
+    /// `--max-body`, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    /// `--timeout`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One running version of a service.

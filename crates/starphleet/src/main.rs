@@ -369,9 +369,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Access lines go to per-container files the ship collects, not to proxy.log.
             init_tracing("info,starphleet::access=off");
             let layout = Layout::new(&state_dir);
+            // A proxy the ship starts again serves the listening sockets the ship held.
+            let inherited = starphleet_proxy::inherit_listeners(
+                std::env::var(starphleet_proxy::LISTEN_FDS_ENV)
+                    .ok()
+                    .as_deref(),
+            )?;
             let opts = starphleet_proxy::ProxyOptions {
                 listen_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
                 access_log_dir: Some(layout.access_logs()),
+                inherited,
                 ..starphleet_proxy::ProxyOptions::new(layout.proxy_socket())
             };
             runtime()?.block_on(starphleet_proxy::run(opts))?;
@@ -569,6 +576,9 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
             );
         }
     }
+    for c in &st.certs {
+        print_cert(c);
+    }
     println!();
     println!(
         "{:<20} {:<13} {:<13} {:<13} {:<10} PUBLISH",
@@ -655,6 +665,30 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per TLS host in `status`: where its certificate comes from, until when, the next
+/// renewal; then what is wrong, indented.
+fn print_cert(c: &starphleet_certs::CertStatus) {
+    let date = |t: Option<u64>| {
+        t.map(|t| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    match c.source {
+        Some(source) => println!(
+            "certificate {}: {}, expires {}, renews {}",
+            c.host,
+            source.as_str(),
+            date(c.not_after),
+            date(c.next_renewal)
+        ),
+        None => println!("certificate {}: none", c.host),
+    }
+    for line in c.error.iter().chain(&c.problems) {
+        println!("  {}", line.replace('\n', "\n  "));
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ impl Admin {
 pub(crate) async fn live_status(admin: &Admin) -> Status {
     let view = admin.view.borrow().clone();
     let mut st = status::build(&view, &admin.identity(), now_ms());
+    st.certs = admin.ctx.certs.statuses().to_vec();
     let proxy = admin.ctx.proxy.status().await.ok();
     for svc in &mut st.services {
         for c in svc.containers.iter_mut().filter(|c| c.running) {
@@ -201,11 +202,14 @@ pub(crate) async fn metrics(admin: &Admin) -> String {
             .collect(),
         Err(_) => Vec::new(),
     };
-    metrics::render(Scrape {
+    let certs = starphleet_certs::metrics::render(&ship_name, &admin.ctx.certs.statuses());
+    let mut text = metrics::render(Scrape {
         containers,
         routes,
         logs: Some((ship_name, admin.ctx.telemetry.store.stats())),
-    })
+    });
+    text.push_str(&certs);
+    text
 }
 
 /// Every admin response body: whole, or streamed for `logs?follow=1`.
@@ -389,6 +393,21 @@ async fn handle(
         ),
         (&Method::GET, "/logs") => logs(&admin, req.uri().query()),
         (&Method::GET, "/health") => json(StatusCode::OK, "{\"ok\":true}".into()),
+        (&Method::POST, path) if path.starts_with("/certs/renew/") => {
+            let host = &path["/certs/renew/".len()..];
+            if admin.ctx.certs.force_renewal(host) {
+                json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "renewing": host }).to_string(),
+                )
+            } else {
+                json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({ "error": format!("{host} is no --tls --host of this ship") })
+                        .to_string(),
+                )
+            }
+        }
         (&Method::POST, path) if path.starts_with("/redeploy/") => {
             let service = path["/redeploy/".len()..].to_string();
             let answer = admin

@@ -30,6 +30,10 @@ pub struct Status {
     /// Log forwarders named in `.starphleet`.
     #[serde(default)]
     pub forwarders: Vec<ForwarderStatus>,
+    /// Every `--tls --host`'s certificate: host, source, expiry, next renewal and what is
+    /// wrong (a host without one names the three ways to get one).
+    #[serde(default)]
+    pub certs: Vec<starphleet_certs::CertStatus>,
     /// The ship's clock when this status was built, Unix ms (the dashboard computes rates from it).
     #[serde(default)]
     pub sampled_at_ms: u64,
@@ -285,6 +289,7 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         services,
         logs: None,
         forwarders,
+        certs: Vec::new(),
         sampled_at_ms: now_ms,
         build_cache: snap.build_cache.clone(),
         decide: snap.decide,

@@ -128,6 +128,7 @@ fn version(id: u64, want: &DesiredVersion, n: usize, service: &str) -> Version {
             private: 8000,
             public: 80,
             url: format!("/{}", want.order.service),
+            ..Default::default()
         }],
         containers: (0..n)
             .map(|i| container(&format!("{service}-{id}-{i}")))

@@ -105,6 +105,7 @@ fn deploy_to_switch(c: &mut Core, job: &DeployJob, now: u64) -> bool {
             private: 8000,
             public: 80,
             url: "/echo".into(),
+            ..Default::default()
         }],
         containers: records
             .into_iter()
