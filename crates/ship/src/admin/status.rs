@@ -36,6 +36,12 @@ pub struct Status {
     /// The build cache as last collected.
     #[serde(default)]
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// Out of its load balancers (`starphleet offline`).
+    #[serde(default)]
+    pub offline: bool,
+    /// Which ship of HQ's `ships` this is, or that it runs alone.
+    #[serde(default)]
+    pub phleet: Option<String>,
 }
 
 /// One log forwarder in the status.
@@ -284,5 +290,7 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         forwarders,
         sampled_at_ms: now_ms,
         build_cache: snap.build_cache.clone(),
+        offline: state.offline,
+        phleet: None,
     }
 }

@@ -129,6 +129,13 @@ pub(crate) enum Event {
         /// What to tell the operator.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// `starphleet offline` (true) or `online` (false).
+    SetOffline {
+        /// Whether the ship is to be out of its load balancers.
+        offline: bool,
+        /// Answered once the change is decided (the route table carries it).
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// How a deploy ended early.
@@ -301,7 +308,7 @@ impl Core {
     pub fn new(ship: &str, names: Names, layout: Layout, state: ShipState) -> Self {
         let routes = DesiredRoutes {
             version: 1,
-            table: plan::route_table(ship, &state.services),
+            table: table_of(ship, &state),
         };
         Core {
             ship: ship.to_string(),
@@ -459,6 +466,17 @@ impl Core {
             }
             Event::Redeploy { service, reply } => {
                 let _ = reply.send(self.redeploy(&service));
+            }
+            Event::SetOffline { offline, reply } => {
+                if self.state.offline != offline {
+                    info!(
+                        offline,
+                        "ship taken {}",
+                        if offline { "offline" } else { "online" }
+                    );
+                    self.state_mut().offline = offline;
+                }
+                let _ = reply.send(());
             }
             Event::BuildCache(summary) => self.world.build_cache = Some(summary),
         }
@@ -1010,7 +1028,7 @@ impl Core {
 
     /// Recomputes the route table when the state changed; numbers each new table.
     fn refresh_routes(&mut self) {
-        let table = plan::route_table(&self.ship, &self.state.services);
+        let table = table_of(&self.ship, &self.state);
         if table != self.routes.table {
             self.routes = DesiredRoutes {
                 version: self.routes.version + 1,
@@ -1020,6 +1038,14 @@ impl Core {
         for w in self.switches.iter_mut().filter(|w| w.routes.is_none()) {
             w.routes = Some(self.routes.version);
         }
+    }
+}
+
+/// The route table `state` calls for, marked offline when the ship is out of its load balancers.
+fn table_of(ship: &str, state: &ShipState) -> RouteTable {
+    RouteTable {
+        offline: state.offline,
+        ..plan::route_table(ship, &state.services)
     }
 }
 
