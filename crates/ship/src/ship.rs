@@ -273,6 +273,7 @@ impl Ship {
         let routes = channels.routes.clone();
         let wake = Arc::new(Notify::new());
 
+        let peers = starphleet_phleet::PeerClient::new(self.token.as_ref());
         let admin = crate::admin::serve(Arc::new(crate::admin::Admin::new(
             ctx.clone(),
             view.clone(),
@@ -301,6 +302,13 @@ impl Ship {
                 owner_tx.clone(),
                 ctx.names.clone(),
                 view.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(crate::rollout::run(
+                ctx.clone(),
+                owner_tx.clone(),
+                view.clone(),
+                peers,
                 stop.clone(),
             )),
             tokio::spawn(crate::observe::run(

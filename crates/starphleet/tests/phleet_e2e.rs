@@ -533,6 +533,103 @@ fn three_ships_one_phleet() {
 
     // Prometheus scrapes the phleet through /phleet/targets.
     prometheus_scrapes(&hub, &ships[0].path("prometheus"), &token, &ships[0]);
+
+    // STARPHLEET_ROLLOUT=1: a good commit goes s1 → s2 → s3, each after the soak.
+    hq.write(
+        ".starphleet",
+        "STARPHLEET_ROLLOUT=1\nSTARPHLEET_ROLLOUT_SOAK=2s\n",
+    );
+    let hq2 = hq.commit("rollout one ship at a time");
+    let (code, body) = post_push(&hub.net, &hook_url, &hq_url, SECRET);
+    assert_eq!(code, 202, "{body}");
+    let start = Instant::now();
+    loop {
+        let view = phleet_status(&ships[0]);
+        let at: Vec<_> = view["ships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["hq_commit"].as_str().map(str::to_string))
+            .collect();
+        let settled = view["ships"].as_array().unwrap().iter().all(|s| {
+            s["services"]
+                .as_array()
+                .is_some_and(|ss| ss.iter().all(|x| x["state"] == "serving"))
+        });
+        if at == vec![Some(hq2.clone()); 3] && settled {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{view:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    echo.write(
+        "server.py",
+        &(std::fs::read_to_string(echo.dir.join("server.py")).unwrap() + "# v3\n"),
+    );
+    let v3 = echo.commit("v3");
+    let (code, body) = post_push(&hub.net, &hook_url, &echo.url(), SECRET);
+    assert_eq!(code, 202, "{body}");
+    let pushed = Instant::now();
+    let mut reached: [Option<Duration>; 3] = [None; 3];
+    while reached.iter().any(Option::is_none) {
+        for (i, c) in echo_commits(&phleet_status(&ships[0])).iter().enumerate() {
+            if reached[i].is_none() && c.as_deref() == Some(v3.as_str()) {
+                reached[i] = Some(pushed.elapsed());
+            }
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(40),
+            "rollout of {v3} stalled: {reached:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let [r1, r2, r3] = reached.map(Option::unwrap);
+    eprintln!("rollout of one good commit: s1 {r1:?}, s2 {r2:?}, s3 {r3:?}");
+    assert!(r2 >= r1 + Duration::from_secs(2), "{reached:?}");
+    assert!(r3 >= r2 + Duration::from_secs(2), "{reached:?}");
+
+    // A version that never gets healthy fails on s1 and is never started on s2 and s3.
+    echo.write("server.py", "raise SystemExit('broken on purpose')\n");
+    let broken = echo.commit("broken");
+    let (code, body) = post_push(&hub.net, &hook_url, &echo.url(), SECRET);
+    assert_eq!(code, 202, "{body}");
+    let start = Instant::now();
+    loop {
+        let view = phleet_status(&ships[0]);
+        let s1_failed = view["ships"][0]["services"]
+            .as_array()
+            .and_then(|ss| ss.iter().find(|x| x["name"] == "echo"))
+            .and_then(|e| e["last_deploy"]["outcome"].as_str())
+            .is_some_and(|o| o.starts_with("failed"));
+        let notes: Vec<String> = (1..3)
+            .filter_map(|i| {
+                view["ships"][i]["services"]
+                    .as_array()
+                    .and_then(|ss| ss.iter().find(|x| x["name"] == "echo"))
+                    .and_then(|e| e["rollout"].as_str())
+                    .map(str::to_string)
+            })
+            .collect();
+        if s1_failed && notes.len() == 2 && notes.iter().all(|n| n.contains("not started here")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the broken version's rollout did not stop at s1: {view:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let now = echo_commits(&phleet_status(&ships[0]));
+    assert_eq!(now, vec![Some(v3.clone()); 3], "{broken} started somewhere");
+    for s in &ships[1..] {
+        let st = s.status_json();
+        let deploys = st["services"][0]["deploys"].as_array().unwrap();
+        assert!(
+            deploys.iter().all(|d| d["app_commit"] != broken.as_str()),
+            "{st:#}"
+        );
+    }
     eprintln!("phleet e2e done in {:?}", t0.elapsed());
 }
 

@@ -487,6 +487,7 @@ async fn handle(
         (&Method::GET, "/phleet/status") => phleet::status(&admin).await,
         (&Method::GET, "/phleet/logs") => phleet::logs(&admin, req.uri().query()),
         (&Method::GET, "/phleet/targets") => phleet::targets(&admin),
+        (&Method::GET, "/phleet/versions") => phleet::versions(&admin),
         (&Method::POST, HOOK_PATH) => {
             let headers = req.headers().clone();
             let body = http_body_util::Limited::new(req.into_body(), HOOK_MAX_BYTES);

@@ -89,6 +89,61 @@ pub(crate) fn targets(admin: &Admin) -> Response<Body> {
     )
 }
 
+/// `GET /phleet/versions`: per service what this ship serves healthy since when, and the
+/// versions that failed here, for the ships of later rollout waves.
+pub(crate) fn versions(admin: &Admin) -> Response<Body> {
+    use starphleet_phleet::{FailedVersion, ServiceVersions, Serving, ShipVersions};
+    let state = admin.view.borrow().snapshot.state.clone();
+    let services = state
+        .services
+        .iter()
+        .map(|(name, svc)| {
+            let current = svc
+                .current
+                .as_ref()
+                .filter(|v| {
+                    v.containers
+                        .iter()
+                        .any(|c| c.pid != 0 && crate::layout::process_alive(c.pid))
+                })
+                .map(|v| Serving {
+                    version: crate::telemetry::version_label(&v.app_commit, &v.order_revision),
+                    // A container started again after a crash starts a new healthy span.
+                    healthy_since_ms: v
+                        .containers
+                        .iter()
+                        .map(|c| c.started_at_ms)
+                        .fold(v.healthy_at_ms, u64::max),
+                });
+            let failed = svc
+                .deploys
+                .iter()
+                .filter(|d| d.outcome.starts_with("failed"))
+                .map(|d| FailedVersion {
+                    version: d.version_label.clone(),
+                    at_ms: d.started_at_ms,
+                    why: d.outcome.clone(),
+                })
+                .collect();
+            let versions = ServiceVersions {
+                current,
+                deploying: None,
+                failed,
+            };
+            (name.clone(), versions)
+        })
+        .collect();
+    let answer = ShipVersions {
+        ship: admin.ctx.opts.name.clone(),
+        services,
+        sampled_at_ms: crate::state::now_ms(),
+    };
+    json(
+        StatusCode::OK,
+        serde_json::to_string(&answer).unwrap_or_default(),
+    )
+}
+
 /// `GET /phleet/logs?…&follow=1`: every ship's records merged by time, one JSON line each
 /// (records carry `ship`; notices about ships carry `notice`).
 pub(crate) fn logs(admin: &Admin, query: Option<&str>) -> Response<Body> {

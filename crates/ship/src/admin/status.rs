@@ -110,6 +110,9 @@ pub struct ServiceStatus {
     pub deploys: Vec<DeployRecord>,
     /// Crashes since it last ran steadily (restarts back off exponentially).
     pub restarts: u32,
+    /// Why the rollout across ships holds a new version here, if it does.
+    #[serde(default)]
+    pub rollout: Option<String>,
     /// Its routes with live counters.
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
@@ -262,6 +265,7 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
                 error,
                 deploys: svc.deploys.clone(),
                 restarts: svc.restarts,
+                rollout: snap.rollout.get(&name).cloned(),
                 routes: current
                     .map(|v| {
                         v.publish

@@ -129,6 +129,8 @@ pub(crate) enum Event {
         /// What to tell the operator.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// What the ships of the earlier rollout waves answered at `GET /phleet/versions`.
+    PeerVersions(starphleet_phleet::Observations),
     /// `starphleet offline` (true) or `online` (false).
     SetOffline {
         /// Whether the ship is to be out of its load balancers.
@@ -246,6 +248,12 @@ pub(crate) struct World {
     pub stopping: BTreeSet<String>,
     pub exited: BTreeMap<String, String>,
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// The earlier rollout waves' last answers.
+    pub peer_versions: starphleet_phleet::Observations,
+    /// When each version was first wanted here (the rollout wait counts from it).
+    pub first_seen: HashMap<starphleet_phleet::VersionId, u64>,
+    /// Why the rollout gate holds a service's new version, by service.
+    pub rollout_notes: BTreeMap<String, String>,
 }
 
 /// What the admin endpoint and the CLI read: a consistent picture, cheap to clone.
@@ -267,6 +275,8 @@ pub struct Snapshot {
     pub deploying: BTreeSet<String>,
     /// The build cache as last collected.
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// Why the rollout gate holds a service's new version, by service.
+    pub rollout: BTreeMap<String, String>,
 }
 
 /// The route table the proxy should have, numbered.
@@ -479,6 +489,7 @@ impl Core {
                 let _ = reply.send(());
             }
             Event::BuildCache(summary) => self.world.build_cache = Some(summary),
+            Event::PeerVersions(observed) => self.world.peer_versions = observed,
         }
     }
 
@@ -495,7 +506,18 @@ impl Core {
                     broken,
                     settings: &hq.settings,
                 });
+                let (peers, settings) = rollout_of(self.world.hq.as_deref());
+                let rollout = (settings.wave.is_some()
+                    && peers.iter().any(|p| p.name == self.ship))
+                .then_some(plan::RolloutView {
+                    me: &self.ship,
+                    peers: &peers,
+                    settings: &settings,
+                    observed: &self.world.peer_versions,
+                    first_seen: &self.world.first_seen,
+                });
                 plan::plan(&plan::Input {
+                    rollout,
                     now_ms,
                     hq,
                     ship_env: &self.world.ship_env,
@@ -508,6 +530,16 @@ impl Core {
                 })
             };
             wake = plan.wake_at_ms;
+            for (id, gate) in plan.gated {
+                if gate == starphleet_phleet::Gate::Go {
+                    self.world.rollout_notes.remove(&id.service);
+                } else {
+                    self.world
+                        .rollout_notes
+                        .insert(id.service.clone(), gate.to_string());
+                }
+                self.world.first_seen.entry(id).or_insert(now_ms);
+            }
             if plan.actions.is_empty() {
                 break;
             }
@@ -579,6 +611,7 @@ impl Core {
             unreachable,
             deploying: self.world.deploys.keys().cloned().collect(),
             build_cache: self.world.build_cache.clone(),
+            rollout: self.world.rollout_notes.clone(),
         }
     }
 
@@ -1039,6 +1072,29 @@ impl Core {
             w.routes = Some(self.routes.version);
         }
     }
+}
+
+/// HQ's `ships` as peers and its rollout settings.
+pub(crate) fn rollout_of(
+    hq: Option<&Headquarters>,
+) -> (
+    Vec<starphleet_phleet::Peer>,
+    starphleet_phleet::RolloutSettings,
+) {
+    let Some(hq) = hq else {
+        return Default::default();
+    };
+    let peers = hq
+        .ships
+        .iter()
+        .map(|s| starphleet_phleet::Peer::new(&s.name, &s.url))
+        .collect();
+    let settings = starphleet_phleet::RolloutSettings {
+        wave: hq.phleet.rollout.map(|n| n as usize),
+        soak: hq.phleet.rollout_soak,
+        wait: hq.phleet.rollout_wait,
+    };
+    (peers, settings)
 }
 
 /// The route table `state` calls for, marked offline when the ship is out of its load balancers.
