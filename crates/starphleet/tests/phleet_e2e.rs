@@ -346,6 +346,16 @@ fn three_ships_one_phleet() {
         );
     }
 
+    let out = ships[1].cli(&["logs", "--phleet", "echo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 1..=3 {
+        let column = format!(" s{i} echo ");
+        assert!(
+            text.lines().any(|l| l.contains(&column)),
+            "no `{column}` column:\n{text}"
+        );
+    }
+
     // The admin endpoint beyond loopback: 401 without or with a wrong token.
     let status_url = format!("http://{}:{ADMIN_PORT}/status", ship_ip(1));
     let (code, _) = get_auth(&hub.net, &status_url, None).unwrap();
