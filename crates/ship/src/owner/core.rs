@@ -538,6 +538,10 @@ impl Core {
                         .rollout_notes
                         .insert(id.service.clone(), gate.to_string());
                 }
+                // Only the version wanted now counts; an older one's time is forgotten.
+                self.world
+                    .first_seen
+                    .retain(|k, _| k.service != id.service || *k == id);
                 self.world.first_seen.entry(id).or_insert(now_ms);
             }
             if plan.actions.is_empty() {
