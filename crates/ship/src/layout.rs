@@ -80,6 +80,15 @@ impl Layout {
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
     }
+    /// The phleet token guarding the admin endpoint beyond loopback.
+    pub fn phleet_token(&self) -> PathBuf {
+        self.root.join("phleet.token")
+    }
+
+    /// The secret signing the forges' push events (`POST /hooks/git`).
+    pub fn webhook_secret(&self) -> PathBuf {
+        self.root.join("webhook.secret")
+    }
     /// Pid of the running `starphleet ship`.
     pub fn ship_pid_file(&self) -> PathBuf {
         self.root.join("ship.pid")

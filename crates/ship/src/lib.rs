@@ -27,6 +27,7 @@ mod observe;
 mod owner;
 mod persist;
 pub mod plan;
+mod rollout;
 mod routes;
 mod selfcheck;
 mod ship;

@@ -55,15 +55,23 @@ pub(crate) async fn run(
     let mut failing: HashMap<GitSource, Failing> = HashMap::new();
     let mut env_seen: Option<ShipEnv> = None;
     let mut next = Instant::now();
+    // A wake (a push event) while HQ is being asked asks it again once that answer is in,
+    // so a push right after a poll started is not left for the next poll.
+    let mut hq_again = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                hq_again = hq_running;
+            }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 let Ok(found) = done else { continue };
                 match found {
                     Found::Hq(result) => {
                         hq_running = false;
+                        if std::mem::take(&mut hq_again) {
+                            next = Instant::now();
+                        }
                         match result {
                             Ok(Some((commit, hq))) => {
                                 hq_loaded = Some(commit.clone());

@@ -65,6 +65,24 @@ pub struct Input<'a> {
     pub stopping: &'a BTreeSet<String>,
     /// Containers that exited, with the last lines they printed.
     pub exited: &'a BTreeMap<String, String>,
+    /// The rollout gate, when HQ rolls out in waves and this ship is in `ships`.
+    pub rollout: Option<RolloutView<'a>>,
+}
+
+/// What the rollout gate decides from (`STARPHLEET_ROLLOUT`): this ship's place in `ships`,
+/// what the ships of the earlier waves last said, and when each version was first wanted here.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutView<'a> {
+    /// This ship's name.
+    pub me: &'a str,
+    /// HQ's `ships`, in order.
+    pub peers: &'a [starphleet_phleet::Peer],
+    /// Waves, soak and wait.
+    pub settings: &'a starphleet_phleet::RolloutSettings,
+    /// The earlier waves' last answers at `GET /phleet/versions`.
+    pub observed: &'a starphleet_phleet::Observations,
+    /// Unix ms each version was first wanted here (absent: now).
+    pub first_seen: &'a HashMap<starphleet_phleet::VersionId, u64>,
 }
 
 /// The version of a service that headquarters asks for.
@@ -166,6 +184,8 @@ pub struct Plan {
     /// Unix ms of the next moment something is due without any new event (a restart after its
     /// back-off, a back-off reset), if any.
     pub wake_at_ms: Option<u64>,
+    /// New versions the rollout gate was asked about, and what it said.
+    pub gated: Vec<(starphleet_phleet::VersionId, starphleet_phleet::Gate)>,
 }
 
 /// The version of every ordered service, where the app commit is known: the one its source
@@ -290,6 +310,30 @@ pub fn plan(input: &Input<'_>) -> Plan {
             } else {
                 Reason::Changed
             };
+            if let (Some(r), Reason::New | Reason::Changed) = (&input.rollout, reason) {
+                use starphleet_phleet::{may_start, Gate, VersionId};
+                let id = VersionId {
+                    service: name.clone(),
+                    version: crate::telemetry::version_label(
+                        &want.app_commit,
+                        &want.order.revision,
+                    ),
+                };
+                let first = r.first_seen.get(&id).copied().unwrap_or(now);
+                let observed = r.observed.for_service(name);
+                let gate = may_start(r.me, r.peers, r.settings, &id, &observed, now, first);
+                if let Gate::Wait {
+                    until_ms: Some(t), ..
+                } = &gate
+                {
+                    wake(*t, &mut plan);
+                }
+                let go = gate == Gate::Go;
+                plan.gated.push((id, gate));
+                if !go {
+                    continue;
+                }
+            }
             plan.actions.push(Action::Deploy {
                 service: name.clone(),
                 version: Box::new(want.clone()),

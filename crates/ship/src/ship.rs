@@ -44,6 +44,8 @@ pub struct ShipOptions {
     /// Whether containers and builds may reach addresses beyond the ship (outbound NAT from
     /// its bridge); `--no-outbound` turns it off.
     pub outbound: bool,
+    /// The phleet token file (`--token-file`); `None` = `<state-dir>/phleet.token`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why a ship cannot start or run.
@@ -88,6 +90,17 @@ pub enum ShipError {
     /// The machine lacks something the ship needs; one line per problem.
     #[error("the ship cannot start here:\n  {}", .0.join("\n  "))]
     SelfCheck(Vec<String>),
+    /// The phleet token cannot be used (or is missing where the admin endpoint needs one).
+    #[error("{0}")]
+    Token(#[from] starphleet_phleet::TokenError),
+    /// `--admin` beyond loopback without a phleet token.
+    #[error("--admin {addr} listens beyond loopback and needs the phleet token: {source}; every ship of the phleet holds the same token, so make it on one ship and copy it to the others")]
+    NoToken {
+        /// The admin address.
+        addr: SocketAddr,
+        /// Why the token is missing.
+        source: starphleet_phleet::TokenError,
+    },
     /// Signals could not be watched.
     #[error("watching for SIGTERM: {0}")]
     Signals(std::io::Error),
@@ -135,6 +148,30 @@ pub fn split_source(url: &str) -> GitSource {
 pub struct Ship {
     ctx: Arc<Ctx>,
     state: ShipState,
+    token: Option<starphleet_phleet::Token>,
+}
+
+/// The phleet token: required (any problem is an error) when `--token-file` is given or the
+/// admin endpoint listens beyond loopback; otherwise used when `<state-dir>/phleet.token` exists.
+fn phleet_token(
+    opts: &ShipOptions,
+    layout: &Layout,
+) -> Result<Option<starphleet_phleet::Token>, ShipError> {
+    use starphleet_phleet::{is_loopback, load_token, TokenError};
+    let path = opts
+        .token_file
+        .clone()
+        .unwrap_or_else(|| layout.phleet_token());
+    match load_token(&path) {
+        Ok(token) => Ok(Some(token)),
+        Err(source @ TokenError::Missing { .. }) if opts.token_file.is_none() => {
+            match opts.admin.filter(|a| !is_loopback(a)) {
+                Some(addr) => Err(ShipError::NoToken { addr, source }),
+                None => Ok(None),
+            }
+        }
+        Err(e) => Err(ShipError::Token(e)),
+    }
 }
 
 impl Ship {
@@ -147,6 +184,7 @@ impl Ship {
             source,
         })?;
         let id = ship_id(&layout)?;
+        let token = phleet_token(&opts, &layout)?;
         let runtime = Runtime::new(opts.runtime.clone(), Layout::runtime_root(&id));
         let problems = crate::selfcheck::run(layout.root(), &runtime);
         if !problems.is_empty() {
@@ -193,6 +231,7 @@ impl Ship {
         Ok(Ship {
             ctx: Arc::new(ctx),
             state,
+            token,
         })
     }
 
@@ -280,11 +319,14 @@ impl Ship {
         let routes = channels.routes.clone();
         let wake = Arc::new(Notify::new());
 
-        let admin = crate::admin::serve(Arc::new(crate::admin::Admin {
-            ctx: ctx.clone(),
-            view: view.clone(),
-            owner: owner_tx.clone(),
-        }))
+        let peers = starphleet_phleet::PeerClient::new(self.token.as_ref());
+        let admin = crate::admin::serve(Arc::new(crate::admin::Admin::new(
+            ctx.clone(),
+            view.clone(),
+            owner_tx.clone(),
+            self.token,
+            wake.clone(),
+        )))
         .await?;
         let tasks = [
             tokio::spawn(crate::owner::run(
@@ -315,6 +357,13 @@ impl Ship {
                 owner_tx.clone(),
                 ctx.names.clone(),
                 view.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(crate::rollout::run(
+                ctx.clone(),
+                owner_tx.clone(),
+                view.clone(),
+                peers,
                 stop.clone(),
             )),
             tokio::spawn(crate::observe::run(

@@ -19,6 +19,10 @@ pub struct ShipState {
     /// Next version id.
     #[serde(default)]
     pub next_version: u64,
+    /// Taken out of its load balancers (`starphleet offline`): `/starphleet/health` answers
+    /// 503 while requests are still served; kept across restarts.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// One service's versions.

@@ -36,7 +36,7 @@ enum Command {
     },
     /// Run the ship daemon in the foreground: follow HQ, deploy every order, serve it.
     #[command(
-        after_help = "Examples:\n  starphleet ship --headquarters https://github.com/me/hq.git\n  starphleet ship --state-dir /srv/starphleet --admin 127.0.0.1:9797\n\nServices and the proxy keep running when this process stops; `starphleet down` stops everything."
+        after_help = "Examples:\n  starphleet ship --headquarters https://github.com/me/hq.git\n  starphleet ship --state-dir /srv/starphleet --admin 127.0.0.1:9797\n  starphleet ship --name north --admin 10.1.0.11:9797    # a ship of a phleet (needs <state-dir>/phleet.token)\n\nServices and the proxy keep running when this process stops; `starphleet down` stops everything."
     )]
     Ship {
         /// HQ URL; saved in the state dir, so later starts may omit it.
@@ -53,13 +53,16 @@ enum Command {
         /// How often HQ and app refs are checked, e.g. 2s, 500ms [default: HQ's STARPHLEET_POLL_INTERVAL, else 2s].
         #[arg(long, value_parser = parse_duration)]
         poll_interval: Option<Duration>,
-        /// Name shown in status and error pages (default: the hostname).
+        /// The ship's name: shown in status and error pages, and how it finds itself in HQ's `ships` (default: the hostname).
         #[arg(long)]
         name: Option<String>,
         /// Containers and builds reach only the ship's bridge: no outbound NAT (builds that
         /// download dependencies then fail).
         #[arg(long)]
         no_outbound: bool,
+        /// The phleet token (mode 0600) [default: <state-dir>/phleet.token]; required when --admin listens beyond loopback.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
     },
     /// Validate an HQ checkout; prints compiler-style errors and exits 1 if any.
     #[command(
@@ -75,18 +78,21 @@ enum Command {
     },
     /// Show services, versions, containers, health and recent deploys.
     #[command(
-        after_help = "Examples:\n  starphleet status\n  starphleet status --json | jq '.services[].state'"
+        after_help = "Examples:\n  starphleet status\n  starphleet status --json | jq '.services[].state'\n  starphleet status --phleet          # every ship in HQ's ships, drift and unreachable ships marked"
     )]
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Every ship of the phleet (HQ's `ships`) side by side; a ship that does not answer within 2 s is shown unreachable.
+        #[arg(long)]
+        phleet: bool,
         #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
         state_dir: PathBuf,
     },
     /// Show what services printed, built, served and what the ship did; newest last.
     #[command(
-        after_help = "Examples:\n  starphleet logs echo --since 10m\n  starphleet logs echo -f\n  starphleet logs --kind access --grep ' 500 ' --json\n  starphleet logs --kind ship          # deploy events of every service"
+        after_help = "Examples:\n  starphleet logs echo --since 10m\n  starphleet logs echo -f\n  starphleet logs --kind access --grep ' 500 ' --json\n  starphleet logs --kind ship          # deploy events of every service\n  starphleet logs --phleet echo -f     # every ship's lines, merged by time, labelled with the ship"
     )]
     Logs {
         /// Only this service (default: every service and the ship's own events).
@@ -112,6 +118,26 @@ enum Command {
         /// One JSON record per line.
         #[arg(long)]
         json: bool,
+        /// The records of every ship of the phleet (HQ's `ships`), merged by time, each naming its ship.
+        #[arg(long)]
+        phleet: bool,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Print a new phleet token: the shared secret of the ships' admin endpoints.
+    #[command(
+        after_help = "Example:\n  starphleet token > /var/lib/starphleet/phleet.token && chmod 600 /var/lib/starphleet/phleet.token\n\nMake it on one ship and copy the file to the others (and to Prometheus)."
+    )]
+    Token,
+    /// Take this ship out of its load balancers: /starphleet/health answers 503 on every public port while requests are still served.
+    #[command(after_help = "Example:\n  starphleet offline\n  starphleet online     # back in")]
+    Offline {
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
+    /// Put this ship back into its load balancers: /starphleet/health answers 200 again.
+    #[command(after_help = "Example:\n  starphleet online")]
+    Online {
         #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
         state_dir: PathBuf,
     },
@@ -238,6 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             poll_interval,
             name,
             no_outbound,
+            token_file,
         } => {
             init_tracing("info");
             let layout = Layout::new(&state_dir);
@@ -267,11 +294,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 name: name.unwrap_or_else(hostname),
                 self_exe: std::env::current_exe()?,
                 outbound: !no_outbound,
+                token_file,
             };
             runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, state_dir } => status(&state_dir, json),
+        Command::Status {
+            json,
+            phleet: true,
+            state_dir,
+        } => phleet_status(&state_dir, json),
+        Command::Status {
+            json, state_dir, ..
+        } => status(&state_dir, json),
+        Command::Token => {
+            println!("{}", starphleet_phleet::new_token()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offline { state_dir } => set_offline(&state_dir, true),
+        Command::Online { state_dir } => set_offline(&state_dir, false),
         Command::Logs {
             service,
             since,
@@ -281,6 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             follow,
             json,
+            phleet,
             state_dir,
         } => {
             let limit = limit.map(|l| l.to_string());
@@ -296,6 +338,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let [service, since, until, grep, kind, limit] = params.map(|(_, v)| v);
             let query =
                 starphleet_ship::logs::parse_query(service, since, until, grep, kind, limit)?;
+            if phleet {
+                return phleet_logs(&state_dir, &params, follow, json);
+            }
             logs(&state_dir, &params, &query, follow, json)
         }
         Command::Redeploy { service, state_dir } => {
@@ -357,6 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 name: hostname(),
                 self_exe: std::env::current_exe()?,
                 outbound: true,
+                token_file: None,
             };
             runtime()?.block_on(async move { Ship::open(opts)?.run().await })?;
             Ok(ExitCode::SUCCESS)
@@ -491,16 +537,7 @@ fn logs(
     json: bool,
 ) -> Result<ExitCode> {
     let layout = Layout::new(state_dir);
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        if let Some(v) = v {
-            query.append_pair(k, v);
-        }
-    }
-    if follow {
-        query.append_pair("follow", "1");
-    }
-    let path = format!("/logs?{}", query.finish());
+    let path = format!("/logs?{}", query_string(params, follow));
     let rt = runtime()?;
     match rt.block_on(starphleet_ship::admin::stream_lines(
         &layout.admin_socket(),
@@ -517,6 +554,101 @@ fn logs(
         .with_context(|| format!("reading logs in {}", layout.log_store().display()))?;
     for r in store.query(query_parsed)? {
         print_record(&serde_json::to_string(&r)?, json);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The query string of `params`, with `follow=1` when following.
+fn query_string(params: &[(&str, Option<&str>)], follow: bool) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
+    }
+    if follow {
+        query.append_pair("follow", "1");
+    }
+    query.finish()
+}
+
+/// Prints the error a ship answered with.
+fn print_error(body: &str) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    eprintln!("starphleet: error: {}", v["error"].as_str().unwrap_or(body));
+}
+
+/// `status --phleet`: the ship asks every ship of HQ's `ships` and answers the view.
+fn phleet_status(state_dir: &Path, json: bool) -> Result<ExitCode> {
+    let socket = Layout::new(state_dir).admin_socket();
+    let (code, body) = runtime()?
+        .block_on(starphleet_ship::admin::request(
+            &socket,
+            hyper::Method::GET,
+            "/phleet/status",
+        ))
+        .with_context(|| not_running(state_dir))?;
+    if code != 200 {
+        print_error(&body);
+        return Ok(ExitCode::FAILURE);
+    }
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view: starphleet_phleet::PhleetView =
+        serde_json::from_str(&body).context("the ship answered an unexpected phleet status")?;
+    print!("{}", starphleet_phleet::render_text(&view));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `logs --phleet`: every ship's records merged by time, through this ship.
+fn phleet_logs(
+    state_dir: &Path,
+    params: &[(&str, Option<&str>)],
+    follow: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let socket = Layout::new(state_dir).admin_socket();
+    let path = format!("/phleet/logs?{}", query_string(params, follow));
+    let code = runtime()?
+        .block_on(starphleet_ship::admin::stream_lines(&socket, &path, |l| {
+            if json {
+                println!("{l}");
+                return;
+            }
+            match serde_json::from_str::<starphleet_phleet::MergedLine>(l) {
+                Ok(line) => println!("{line}"),
+                Err(_) => print_record(l, false),
+            }
+        }))
+        .with_context(|| not_running(state_dir))?;
+    Ok(if code == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `offline` / `online`.
+fn set_offline(state_dir: &Path, offline: bool) -> Result<ExitCode> {
+    let socket = Layout::new(state_dir).admin_socket();
+    let path = if offline { "/offline" } else { "/online" };
+    let (code, body) = runtime()?
+        .block_on(starphleet_ship::admin::request(
+            &socket,
+            hyper::Method::POST,
+            path,
+        ))
+        .with_context(|| not_running(state_dir))?;
+    if code != 200 {
+        print_error(&body);
+        return Ok(ExitCode::FAILURE);
+    }
+    if offline {
+        println!("this ship is offline: /starphleet/health answers 503 on every public port while requests are still served; `starphleet online` returns it");
+    } else {
+        println!("this ship is online: /starphleet/health answers 200 again");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -556,6 +688,12 @@ fn status(state_dir: &Path, json: bool) -> Result<ExitCode> {
             .map(|c| &c[..12.min(c.len())])
             .unwrap_or("-")
     );
+    if let Some(p) = &st.phleet {
+        println!("phleet: {p}");
+    }
+    if st.offline {
+        println!("OFFLINE: /starphleet/health answers 503 (`starphleet online` returns it)");
+    }
     if let Some(e) = &st.headquarters_error {
         println!("headquarters problem: {e}");
     }

@@ -3,10 +3,12 @@
 //! owner's snapshots and asks the owner for changes; it holds no state of its own.
 
 pub mod client;
+mod phleet;
 pub mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use starphleet_phleet::{PeerClient, Token};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -38,9 +41,43 @@ pub(crate) struct Admin {
     pub view: watch::Receiver<View>,
     /// Asks the owner for changes.
     pub owner: OwnerTx,
+    /// The phleet token every request beyond loopback must carry.
+    token: Option<Token>,
+    /// Asks the other ships, with the token.
+    peers: PeerClient,
+    /// Asks the followers for an immediate check (a push event came in).
+    wake: Arc<Notify>,
+    /// Requests refused for a missing or wrong token or signature, for `/metrics`.
+    refusals: AtomicU64,
 }
 
 impl Admin {
+    /// The admin endpoint over the owner's snapshots; `wake` starts an immediate check of the
+    /// repositories followed.
+    pub fn new(
+        ctx: Arc<Ctx>,
+        view: watch::Receiver<View>,
+        owner: OwnerTx,
+        token: Option<Token>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let peers = PeerClient::new(token.as_ref());
+        Admin {
+            ctx,
+            view,
+            owner,
+            token,
+            peers,
+            wake,
+            refusals: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a refused request.
+    fn refused(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn identity(&self) -> status::Identity<'_> {
         status::Identity {
             name: &self.ctx.opts.name,
@@ -55,6 +92,10 @@ pub(crate) async fn live_status(admin: &Admin) -> Status {
     let view = admin.view.borrow().clone();
     let mut st = status::build(&view, &admin.identity(), now_ms());
     st.certs = admin.ctx.certs.statuses().to_vec();
+    st.phleet = Some(phleet::membership(
+        &admin.ctx.opts.name,
+        &phleet::peers(admin),
+    ));
     let proxy = admin.ctx.proxy.status().await.ok();
     for svc in &mut st.services {
         for c in svc.containers.iter_mut().filter(|c| c.running) {
@@ -206,9 +247,16 @@ pub(crate) async fn metrics(admin: &Admin) -> String {
     let mut text = metrics::render(Scrape {
         containers,
         routes,
-        logs: Some((ship_name, admin.ctx.telemetry.store.stats())),
+        logs: Some((ship_name.clone(), admin.ctx.telemetry.store.stats())),
     });
     text.push_str(&certs);
+    text.push_str(&format!(
+        "# HELP starphleet_admin_refused_total Admin requests refused for a missing or wrong phleet token or webhook signature.\n\
+         # TYPE starphleet_admin_refused_total counter\n\
+         starphleet_admin_refused_total{{ship=\"{}\"}} {}\n",
+        ship_name.replace('\\', "\\\\").replace('"', "\\\""),
+        admin.refusals.load(Ordering::Relaxed)
+    ));
     text
 }
 
@@ -323,7 +371,12 @@ enum Via {
 /// be a loopback name (no DNS rebinding), a request carrying an `Origin` must come from the
 /// admin endpoint itself (no cross-site requests), and changes (anything but GET/HEAD) are
 /// only taken over the socket.
-fn refuse(via: Via, method: &Method, headers: &hyper::HeaderMap) -> Option<&'static str> {
+fn refuse(
+    via: Via,
+    method: &Method,
+    path: &str,
+    headers: &hyper::HeaderMap,
+) -> Option<&'static str> {
     let Via::Tcp(local) = via else { return None };
     let host = headers
         .get(hyper::header::HOST)
@@ -344,7 +397,8 @@ fn refuse(via: Via, method: &Method, headers: &hyper::HeaderMap) -> Option<&'sta
             return Some("cross-origin requests to the admin endpoint are refused");
         }
     }
-    if method != Method::GET && method != Method::HEAD {
+    let push_event = method == Method::POST && path == HOOK_PATH;
+    if method != Method::GET && method != Method::HEAD && !push_event {
         return Some(
             "changes are taken only over the ship's admin socket: use the starphleet CLI on the ship",
         );
@@ -364,12 +418,52 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where forges post push events.
+const HOOK_PATH: &str = "/hooks/git";
+/// The largest push event taken.
+const HOOK_MAX_BYTES: usize = 4 << 20;
+/// How long a push event's body may take to arrive.
+const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a request on `via` may go on without a phleet token: over the socket and on a
+/// loopback listener always; beyond loopback only with the token, or for a push event (its
+/// signature is checked instead).
+fn authorized(
+    admin: &Admin,
+    via: Via,
+    method: &Method,
+    path: &str,
+    headers: &hyper::HeaderMap,
+) -> bool {
+    let Via::Tcp(local) = via else { return true };
+    if starphleet_phleet::is_loopback(&local) || (method == Method::POST && path == HOOK_PATH) {
+        return true;
+    }
+    let presented = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    admin.token.as_ref().is_some_and(|t| t.matches(presented))
+}
+
 async fn handle(
     admin: Arc<Admin>,
     via: Via,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if let Some(why) = refuse(via, req.method(), req.headers()) {
+    if !authorized(&admin, via, req.method(), req.uri().path(), req.headers()) {
+        admin.refused();
+        warn!(method = %req.method(), path = req.uri().path(), "admin request refused: no valid phleet token (Authorization: Bearer)");
+        let mut resp = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "this admin endpoint needs the phleet token: send `Authorization: Bearer <token>` with the token of <state-dir>/phleet.token" }).to_string(),
+        );
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(resp);
+    }
+    if let Some(why) = refuse(via, req.method(), req.uri().path(), req.headers()) {
         warn!(method = %req.method(), path = req.uri().path(), "admin request refused: {why}");
         return Ok(json(
             StatusCode::FORBIDDEN,
@@ -408,6 +502,42 @@ async fn handle(
                 )
             }
         }
+        (&Method::GET, "/phleet/status") => phleet::status(&admin).await,
+        (&Method::GET, "/phleet/logs") => phleet::logs(&admin, req.uri().query()),
+        (&Method::GET, "/phleet/targets") => phleet::targets(&admin),
+        (&Method::GET, "/phleet/versions") => phleet::versions(&admin),
+        (&Method::POST, HOOK_PATH) => {
+            let headers = req.headers().clone();
+            let body = http_body_util::Limited::new(req.into_body(), HOOK_MAX_BYTES);
+            match tokio::time::timeout(HOOK_READ_TIMEOUT, body.collect()).await {
+                Ok(Ok(body)) => phleet::hook(&admin, headers, body.to_bytes()).await,
+                Ok(Err(e)) => json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({ "error": format!("reading the push event: {e}") }).to_string(),
+                ),
+                Err(_) => json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "{\"error\":\"the push event did not arrive in time\"}".into(),
+                ),
+            }
+        }
+        (&Method::POST, "/offline") | (&Method::POST, "/online") => {
+            let offline = req.uri().path() == "/offline";
+            match admin
+                .owner
+                .ask(|reply| Event::SetOffline { offline, reply })
+                .await
+            {
+                Some(()) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "offline": offline }).to_string(),
+                ),
+                None => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{\"error\":\"the ship is shutting down\"}".into(),
+                ),
+            }
+        }
         (&Method::POST, path) if path.starts_with("/redeploy/") => {
             let service = path["/redeploy/".len()..].to_string();
             let answer = admin
@@ -431,7 +561,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            "{\"error\":\"unknown admin path; try GET /, /status, /metrics or /logs\"}".into(),
+            "{\"error\":\"unknown admin path; try GET /, /status, /metrics, /logs or /phleet/status\"}".into(),
         ),
     };
     Ok(resp)

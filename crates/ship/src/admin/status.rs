@@ -43,6 +43,12 @@ pub struct Status {
     /// How long the control plane's passes of decisions take.
     #[serde(default)]
     pub decide: crate::owner::core::DecideTimes,
+    /// Out of its load balancers (`starphleet offline`).
+    #[serde(default)]
+    pub offline: bool,
+    /// Which ship of HQ's `ships` this is, or that it runs alone.
+    #[serde(default)]
+    pub phleet: Option<String>,
 }
 
 /// One log forwarder in the status.
@@ -111,6 +117,9 @@ pub struct ServiceStatus {
     pub deploys: Vec<DeployRecord>,
     /// Crashes since it last ran steadily (restarts back off exponentially).
     pub restarts: u32,
+    /// Why the rollout across ships holds a new version here, if it does.
+    #[serde(default)]
+    pub rollout: Option<String>,
     /// Its routes with live counters.
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
@@ -263,6 +272,7 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
                 error,
                 deploys: svc.deploys.clone(),
                 restarts: svc.restarts,
+                rollout: snap.rollout.get(&name).cloned(),
                 routes: current
                     .map(|v| {
                         v.publish
@@ -293,5 +303,7 @@ pub fn build(view: &View, who: &Identity<'_>, now_ms: u64) -> Status {
         sampled_at_ms: now_ms,
         build_cache: snap.build_cache.clone(),
         decide: snap.decide,
+        offline: state.offline,
+        phleet: None,
     }
 }

@@ -135,6 +135,15 @@ pub(crate) enum Event {
         /// What to tell the operator.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// What the ships of the earlier rollout waves answered at `GET /phleet/versions`.
+    PeerVersions(starphleet_phleet::Observations),
+    /// `starphleet offline` (true) or `online` (false).
+    SetOffline {
+        /// Whether the ship is to be out of its load balancers.
+        offline: bool,
+        /// Answered once the change is decided (the route table carries it).
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// How a deploy ended early.
@@ -245,6 +254,12 @@ pub(crate) struct World {
     pub stopping: BTreeSet<String>,
     pub exited: BTreeMap<String, String>,
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// The earlier rollout waves' last answers.
+    pub peer_versions: starphleet_phleet::Observations,
+    /// When each version was first wanted here (the rollout wait counts from it).
+    pub first_seen: HashMap<starphleet_phleet::VersionId, u64>,
+    /// Why the rollout gate holds a service's new version, by service.
+    pub rollout_notes: BTreeMap<String, String>,
 }
 
 /// What the admin endpoint and the CLI read: a consistent picture, cheap to clone.
@@ -266,6 +281,8 @@ pub struct Snapshot {
     pub deploying: BTreeSet<String>,
     /// The build cache as last collected.
     pub build_cache: Option<crate::gc::BuildCacheSummary>,
+    /// Why the rollout gate holds a service's new version, by service.
+    pub rollout: BTreeMap<String, String>,
     /// How long the owner's passes of decisions take.
     pub decide: DecideTimes,
 }
@@ -342,7 +359,7 @@ impl Core {
     pub fn new(ship: &str, names: Names, layout: Layout, state: ShipState) -> Self {
         let routes = DesiredRoutes {
             version: 1,
-            table: plan::route_table(ship, &state.services),
+            table: table_of(ship, &state),
         };
         Core {
             ship: ship.to_string(),
@@ -511,7 +528,19 @@ impl Core {
             Event::Redeploy { service, reply } => {
                 let _ = reply.send(self.redeploy(&service));
             }
+            Event::SetOffline { offline, reply } => {
+                if self.state.offline != offline {
+                    info!(
+                        offline,
+                        "ship taken {}",
+                        if offline { "offline" } else { "online" }
+                    );
+                    self.state_mut().offline = offline;
+                }
+                let _ = reply.send(());
+            }
             Event::BuildCache(summary) => self.world.build_cache = Some(summary),
+            Event::PeerVersions(observed) => self.world.peer_versions = observed,
         }
     }
 
@@ -528,7 +557,18 @@ impl Core {
                     broken,
                     settings: &hq.settings,
                 });
+                let (peers, settings) = rollout_of(self.world.hq.as_deref());
+                let rollout = (settings.wave.is_some()
+                    && peers.iter().any(|p| p.name == self.ship))
+                .then_some(plan::RolloutView {
+                    me: &self.ship,
+                    peers: &peers,
+                    settings: &settings,
+                    observed: &self.world.peer_versions,
+                    first_seen: &self.world.first_seen,
+                });
                 plan::plan(&plan::Input {
+                    rollout,
                     now_ms,
                     hq,
                     ship_env: &self.world.ship_env,
@@ -541,6 +581,20 @@ impl Core {
                 })
             };
             wake = plan.wake_at_ms;
+            for (id, gate) in plan.gated {
+                if gate == starphleet_phleet::Gate::Go {
+                    self.world.rollout_notes.remove(&id.service);
+                } else {
+                    self.world
+                        .rollout_notes
+                        .insert(id.service.clone(), gate.to_string());
+                }
+                // Only the version wanted now counts; an older one's time is forgotten.
+                self.world
+                    .first_seen
+                    .retain(|k, _| k.service != id.service || *k == id);
+                self.world.first_seen.entry(id).or_insert(now_ms);
+            }
             if plan.actions.is_empty() {
                 break;
             }
@@ -613,6 +667,7 @@ impl Core {
             deploying: self.world.deploys.keys().cloned().collect(),
             build_cache: self.world.build_cache.clone(),
             decide: DecideTimes::default(),
+            rollout: self.world.rollout_notes.clone(),
         }
     }
 
@@ -1071,7 +1126,7 @@ impl Core {
 
     /// Recomputes the route table when the state changed; numbers each new table.
     fn refresh_routes(&mut self) {
-        let table = plan::route_table(&self.ship, &self.state.services);
+        let table = table_of(&self.ship, &self.state);
         if table != self.routes.table {
             self.routes = DesiredRoutes {
                 version: self.routes.version + 1,
@@ -1081,6 +1136,37 @@ impl Core {
         for w in self.switches.iter_mut().filter(|w| w.routes.is_none()) {
             w.routes = Some(self.routes.version);
         }
+    }
+}
+
+/// HQ's `ships` as peers and its rollout settings.
+pub(crate) fn rollout_of(
+    hq: Option<&Headquarters>,
+) -> (
+    Vec<starphleet_phleet::Peer>,
+    starphleet_phleet::RolloutSettings,
+) {
+    let Some(hq) = hq else {
+        return Default::default();
+    };
+    let peers = hq
+        .ships
+        .iter()
+        .map(|s| starphleet_phleet::Peer::new(&s.name, &s.url))
+        .collect();
+    let settings = starphleet_phleet::RolloutSettings {
+        wave: hq.phleet.rollout.map(|n| n as usize),
+        soak: hq.phleet.rollout_soak,
+        wait: hq.phleet.rollout_wait,
+    };
+    (peers, settings)
+}
+
+/// The route table `state` calls for, marked offline when the ship is out of its load balancers.
+fn table_of(ship: &str, state: &ShipState) -> RouteTable {
+    RouteTable {
+        offline: state.offline,
+        ..plan::route_table(ship, &state.services)
     }
 }
 

@@ -103,8 +103,13 @@ impl World {
     }
 
     fn plan(&self) -> Plan {
+        self.plan_with(None)
+    }
+
+    fn plan_with(&self, rollout: Option<RolloutView<'_>>) -> Plan {
         let hq = self.hq();
         plan(&Input {
+            rollout,
             now_ms: self.now,
             hq: self.hq_loaded.then_some(hq),
             ship_env: &self.ship_env,
@@ -701,4 +706,90 @@ fn a_deploy_that_failed_for_the_ships_reasons_is_retried_after_its_back_off() {
         deploys(&w.plan()),
         vec![("echo".into(), Reason::New, false)]
     );
+}
+
+#[test]
+fn the_rollout_gate_holds_a_new_version_until_the_earlier_wave_soaked_it_and_never_starts_one_that_failed_there(
+) {
+    use starphleet_phleet::{
+        FailedVersion, Gate, Peer, Reachability, RolloutSettings, ServiceVersions, Serving,
+        ShipVersions,
+    };
+    use std::time::Duration;
+    let w = World::new().ordered("echo", "c1");
+    let want = w.desired("echo");
+    let label = crate::telemetry::version_label(&want.app_commit, &want.order.revision);
+    let peers = [
+        Peer::new("s1", "http://10.0.0.1:9797"),
+        Peer::new("s2", "http://10.0.0.2:9797"),
+    ];
+    let settings = RolloutSettings {
+        wave: Some(1),
+        soak: Duration::from_secs(10),
+        wait: Duration::from_secs(120),
+    };
+    let first_seen = HashMap::new();
+    let run = |me: &str, s1_says: ServiceVersions| {
+        let answer = ShipVersions {
+            ship: "s1".into(),
+            services: [("echo".to_string(), s1_says)].into(),
+            sampled_at_ms: 0,
+        };
+        let observed = Reachability::default().observe(vec![(peers[0].clone(), Ok(answer))], NOW);
+        w.plan_with(Some(RolloutView {
+            me,
+            peers: &peers,
+            settings: &settings,
+            observed: &observed,
+            first_seen: &first_seen,
+        }))
+    };
+    let deploys = |p: &Plan| {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Deploy { .. }))
+            .count()
+    };
+    let serving_since = |ms: u64| ServiceVersions {
+        current: Some(Serving {
+            version: label.clone(),
+            healthy_since_ms: ms,
+        }),
+        ..Default::default()
+    };
+
+    // The first wave does not ask anyone.
+    let p = run("s1", ServiceVersions::default());
+    assert_eq!(deploys(&p), 1, "{p:?}");
+
+    // s2 waits while s1 does not serve the version yet.
+    let p = run("s2", ServiceVersions::default());
+    assert_eq!(deploys(&p), 0, "{p:?}");
+    assert!(matches!(p.gated[..], [(_, Gate::Wait { .. })]), "{p:?}");
+
+    // s1 has served it healthy for 4 s of the 10 s soak: s2 waits 6 s more, and wakes then.
+    let p = run("s2", serving_since(NOW - 4_000));
+    assert_eq!(deploys(&p), 0, "{p:?}");
+    assert!(
+        matches!(p.gated[..], [(_, Gate::Wait { until_ms: Some(t), .. })] if t == NOW + 6_000),
+        "{p:?}"
+    );
+    assert_eq!(p.wake_at_ms, Some(NOW + 6_000));
+
+    // Soaked: s2 deploys it.
+    let p = run("s2", serving_since(NOW - 10_000));
+    assert_eq!(deploys(&p), 1, "{p:?}");
+
+    // It failed on s1: s2 never starts it.
+    let failed = ServiceVersions {
+        failed: vec![FailedVersion {
+            version: label.clone(),
+            at_ms: NOW - 1,
+            why: "failed: health check".into(),
+        }],
+        ..Default::default()
+    };
+    let p = run("s2", failed);
+    assert_eq!(deploys(&p), 0, "{p:?}");
+    assert!(matches!(p.gated[..], [(_, Gate::Never { .. })]), "{p:?}");
 }

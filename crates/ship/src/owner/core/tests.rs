@@ -630,3 +630,37 @@ fn addresses_go_round_and_run_out_with_a_clear_error() {
     let err = rx.try_recv().unwrap().unwrap_err();
     assert!(err.contains("no free address left"), "{err}");
 }
+
+#[test]
+fn offline_marks_the_route_table_and_is_remembered_until_online() {
+    let mut c = following();
+    c.settle(T0);
+    let before = c.routes().version;
+    assert!(!c.routes().table.offline);
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(
+        Event::SetOffline {
+            offline: true,
+            reply: tx,
+        },
+        T0,
+    );
+    rx.try_recv().unwrap();
+    c.settle(T0);
+    assert!(
+        c.routes().table.offline,
+        "the proxy is told the ship is offline"
+    );
+    assert!(c.routes().version > before, "a new table is numbered");
+    assert!(c.state().offline, "kept in the state file across restarts");
+    let (tx, _rx) = oneshot::channel();
+    c.handle(
+        Event::SetOffline {
+            offline: false,
+            reply: tx,
+        },
+        T0,
+    );
+    c.settle(T0);
+    assert!(!c.routes().table.offline);
+}
