@@ -93,10 +93,7 @@ impl Membership {
     fn of(pid: u32) -> Result<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|cause| CgroupError::Membership { pid, cause })?;
-        Ok(Self::parse(
-            &text,
-            &mountinfo().map_err(CgroupError::MountTable)?,
-        ))
+        Ok(Self::parse(&text, &cgroup_mount_table()?))
     }
 
     /// Resolves /proc/<pid>/cgroup lines against the cgroup mounts of the mount table.
@@ -291,12 +288,29 @@ fn checked_relative(path: &str) -> Result<&str> {
     Ok(rel)
 }
 
-/// Mount points of every cgroup hierarchy (v1 and v2).
-fn cgroup_mounts() -> Result<Vec<PathBuf>> {
-    Ok(mountinfo()
+/// The cgroup mounts (v1 and v2) of the mount table, read once: they do not move while a
+/// ship runs, and the whole table grows with every container (its overlay, its netns file).
+fn cgroup_mount_table() -> Result<Vec<MountInfo>> {
+    static TABLE: std::sync::OnceLock<Vec<MountInfo>> = std::sync::OnceLock::new();
+    if let Some(table) = TABLE.get() {
+        return Ok(table.clone());
+    }
+    let table: Vec<MountInfo> = mountinfo()
         .map_err(CgroupError::MountTable)?
         .into_iter()
         .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .collect();
+    if table.is_empty() {
+        // Nothing mounted yet: look again next time.
+        return Ok(table);
+    }
+    Ok(TABLE.get_or_init(|| table).clone())
+}
+
+/// Mount points of every cgroup hierarchy (v1 and v2).
+fn cgroup_mounts() -> Result<Vec<PathBuf>> {
+    Ok(cgroup_mount_table()?
+        .into_iter()
         .map(|m| m.mount_point)
         .collect())
 }
@@ -343,7 +357,7 @@ fn stat_field(path: &Path, key: &str) -> Result<Option<u64>> {
 /// `cgroupsPath`) for running out of memory; readable while the cgroup exists, also after
 /// its processes are gone — which is when the ship asks why a container died.
 pub fn oom_kills_at(path: &str) -> Option<u64> {
-    let mounts = mountinfo().ok()?;
+    let mounts = cgroup_mount_table().ok()?;
     let rel = path.trim_start_matches('/');
     let v1 = mounts
         .iter()

@@ -10,6 +10,7 @@ use crate::error::RuntimeError;
 type Result<T> = std::result::Result<T, RuntimeError>;
 
 /// One line of `/proc/self/mountinfo`, reduced to the fields this crate needs.
+#[derive(Clone, Debug)]
 pub(crate) struct MountInfo {
     /// The path inside the filesystem that is mounted (not `/` for bind mounts).
     pub root: PathBuf,

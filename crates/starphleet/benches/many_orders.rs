@@ -62,11 +62,15 @@ fn serving(ship: &TestShip) -> usize {
 fn admin_latency(ship: &TestShip, path: &str) -> (Duration, Duration) {
     let url = format!("http://127.0.0.1:9797{path}");
     let mut times: Vec<Duration> = ship.net.run(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(60))
+            .build();
         (0..20)
             .map(|_| {
                 let t = Instant::now();
-                let (code, _) = http_get(&url).expect("admin GET");
-                assert_eq!(code, 200, "{url}");
+                let r = agent.get(&url).call().expect("admin GET");
+                assert_eq!(r.status(), 200, "{url}");
+                r.into_string().unwrap();
                 t.elapsed()
             })
             .collect()

@@ -97,11 +97,19 @@ pub(crate) async fn live_status(admin: &Admin) -> Status {
         &phleet::peers(admin),
     ));
     let proxy = admin.ctx.proxy.status().await.ok();
+    let wanted: Vec<(u32, String)> = st
+        .services
+        .iter()
+        .flat_map(|svc| svc.containers.iter().filter(|c| c.running))
+        .map(|c| (c.pid, c.host_if.clone()))
+        .collect();
+    let mut samples =
+        starphleet_telemetry::metrics::sample_containers(wanted, &admin.ctx.names.veth_prefix())
+            .await
+            .into_iter();
     for svc in &mut st.services {
         for c in svc.containers.iter_mut().filter(|c| c.running) {
-            if let Ok(sample) =
-                starphleet_telemetry::metrics::sample_container(c.pid, Some(&c.host_if)).await
-            {
+            if let Some(Ok(sample)) = samples.next() {
                 c.cpu_seconds = Some(sample.cpu_usage_ns as f64 / 1e9);
                 c.memory_bytes = Some(sample.memory_working_set_bytes);
                 c.memory_peak_bytes = sample.memory_peak_bytes;
@@ -188,11 +196,20 @@ pub(crate) async fn metrics(admin: &Admin) -> String {
             })
             .collect()
     };
-    for (service, version, restarts, c) in running {
-        if c.pid == 0 || !process_alive(c.pid) {
-            continue;
-        }
-        if let Ok(mut sample) = metrics::sample_container(c.pid, Some(&c.host_if)).await {
+    let running: Vec<_> = running
+        .into_iter()
+        .filter(|(_, _, _, c)| c.pid != 0 && process_alive(c.pid))
+        .collect();
+    let samples = metrics::sample_containers(
+        running
+            .iter()
+            .map(|(_, _, _, c)| (c.pid, c.host_if.clone()))
+            .collect(),
+        &admin.ctx.names.veth_prefix(),
+    )
+    .await;
+    for ((service, version, restarts, c), sample) in running.into_iter().zip(samples) {
+        if let Ok(mut sample) = sample {
             sample.restarts = restarts as u64;
             containers.push((
                 ContainerLabels {
