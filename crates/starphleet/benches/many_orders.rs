@@ -39,6 +39,28 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss_kb * 1024)
 }
 
+/// CPU seconds per thread name (`comm`) of a process.
+fn threads_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some((_, rest))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..stat.rfind(')').unwrap()].to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let cpu =
+            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0;
+        *out.entry(name).or_insert(0.0) += cpu;
+    }
+    out
+}
+
 fn pid_file(ship: &TestShip, name: &str) -> u32 {
     std::fs::read_to_string(ship.state.join(name))
         .unwrap()
@@ -137,9 +159,19 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let (ship_pid, proxy_pid) = (pid_file(&ship, "ship.pid"), pid_file(&ship, "proxy.pid"));
     let (cpu0, _) = usage(ship_pid);
+    let threads0 = threads_cpu(ship_pid);
     let idle = Duration::from_secs(10);
     std::thread::sleep(idle);
     let (cpu1, ship_rss) = usage(ship_pid);
+    let mut by_thread: Vec<(String, f64)> = threads_cpu(ship_pid)
+        .into_iter()
+        .map(|(name, cpu)| {
+            let before = threads0.get(&name).copied().unwrap_or(0.0);
+            (name, cpu - before)
+        })
+        .filter(|(_, cpu)| *cpu > 0.0)
+        .collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (_, proxy_rss) = usage(proxy_pid);
     let (status_p50, status_max) = admin_latency(&ship, "/status");
     let (metrics_p50, metrics_max) = admin_latency(&ship, "/metrics");
@@ -182,6 +214,12 @@ fn main() {
         "| ship CPU while idle | {:.1} % of one core |",
         (cpu1 - cpu0) / idle.as_secs_f64() * 100.0
     );
+    for (name, cpu) in by_thread.iter().take(4) {
+        println!(
+            "| … of which thread `{name}` | {:.1} % |",
+            cpu / idle.as_secs_f64() * 100.0
+        );
+    }
     println!("| ship RSS | {:.1} MiB |", mib(ship_rss));
     println!("| proxy RSS | {:.1} MiB |", mib(proxy_rss));
     println!(

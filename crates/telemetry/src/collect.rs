@@ -40,7 +40,15 @@ struct Slot {
     tailer: Option<Tailer>,
     /// Repeated errors (a full disk every poll) are logged once, not every round.
     last_error: Option<String>,
+    /// Rounds in a row this source had nothing new.
+    quiet_rounds: u32,
+    /// Rounds left to pass it over.
+    skip: u32,
 }
+
+/// A quiet source is polled every 2, 4, … rounds, at most every this many: hundreds of idle
+/// services cost little, and a line after a silence still arrives within a few rounds.
+const MAX_SKIP: u32 = 8;
 
 /// What one round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +78,8 @@ impl Collector {
         lock(&self.sources).push(Arc::new(Mutex::new(Slot {
             tailer: Some(tailer),
             last_error: None,
+            quiet_rounds: 0,
+            skip: 0,
         })));
         Ok(())
     }
@@ -128,6 +138,10 @@ impl Collector {
         let mut round = Round::default();
         for slot in sources {
             let mut slot = lock(&slot);
+            if slot.skip > 0 {
+                slot.skip -= 1;
+                continue;
+            }
             let Some(tailer) = slot.tailer.as_mut() else {
                 continue;
             };
@@ -136,6 +150,12 @@ impl Collector {
                     round.records += polled.records;
                     round.busy |= polled.full && !polled.dropped;
                     slot.last_error = None;
+                    if polled.records == 0 && !polled.full {
+                        slot.quiet_rounds = slot.quiet_rounds.saturating_add(1);
+                        slot.skip = (1u32 << slot.quiet_rounds.min(4)).min(MAX_SKIP) - 1;
+                    } else {
+                        slot.quiet_rounds = 0;
+                    }
                 }
                 Err(e) => {
                     let text = format!("{e:#}");

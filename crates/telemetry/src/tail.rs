@@ -71,6 +71,9 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Most bytes one tailer reads per poll, so one flooding source cannot starve the others.
 pub const POLL_BYTES: usize = 256 * 1024;
 
+/// Read buffers bigger than this are given back once a poll needs less.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
 /// Appended to a line cut at [`MAX_LINE_BYTES`].
 pub const TRUNCATED: &str = "…[truncated]";
 
@@ -255,9 +258,17 @@ impl Tailer {
             );
             (self.offset, self.skip, self.punched) = (0, false, 0);
         }
-        let n = self.read()?;
+        if size == self.offset {
+            // Nothing new (a held last line would lie between offset and size).
+            return self.at_end(flush);
+        }
+        let n = self.read(((size - self.offset) as usize).min(POLL_BYTES))?;
         let read_all = n == POLL_BYTES;
         let stored = self.store_lines(n, flush && !read_all)?;
+        if self.buf.capacity() > SCRATCH_KEEP && n < SCRATCH_KEEP {
+            // A burst is over: hundreds of quiet sources keep no big buffers.
+            (self.buf, self.out) = (Vec::new(), Vec::new());
+        }
         if stored.consumed == 0 && !read_all {
             // Nothing new but perhaps a held last line: was the file replaced meanwhile?
             return self.at_end(flush);
@@ -289,7 +300,7 @@ impl Tailer {
         }
         // The old file gets no more lines: its unfinished last line (shorter than
         // MAX_LINE_BYTES, so one read holds it) is complete as it is.
-        let n = self.read()?;
+        let n = self.read(POLL_BYTES)?;
         let finished = self.store_lines(n, true)?;
         tracing::info!("{} was replaced: tailing the new file", self.path.display());
         self.file = None;
@@ -353,12 +364,13 @@ impl Tailer {
         }
     }
 
-    /// Reads up to POLL_BYTES from the position into `buf`.
-    fn read(&mut self) -> Result<usize, TailError> {
+    /// Reads up to `max` (at most [`POLL_BYTES`]) from the position into `buf`.
+    fn read(&mut self, max: usize) -> Result<usize, TailError> {
         let file = self.file.as_ref().expect("caller opened it");
-        self.buf.resize(POLL_BYTES, 0);
+        let max = max.min(POLL_BYTES);
+        self.buf.resize(max, 0);
         let mut n = 0;
-        while n < POLL_BYTES {
+        while n < max {
             match file.read_at(&mut self.buf[n..], self.offset + n as u64) {
                 Ok(0) => break,
                 Ok(k) => n += k,
