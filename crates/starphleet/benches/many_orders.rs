@@ -197,6 +197,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let one_change = t.elapsed();
+    let planned = ship.status_json()["decide"]["last_hq_change_us"]
+        .as_u64()
+        .unwrap_or(0);
 
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!("| {orders} orders in one HQ commit | |");
@@ -231,6 +234,10 @@ fn main() {
         "| GET /metrics p50 / max | {:.1} / {:.1} ms |",
         metrics_p50.as_secs_f64() * 1000.0,
         metrics_max.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| planning that HQ change (its pass of decisions) | {:.1} ms |",
+        planned as f64 / 1000.0
     );
     println!(
         "| commit changing one order → serving | {:.2} s |",

@@ -297,15 +297,21 @@ pub struct DecideTimes {
     pub last_us: u64,
     /// The longest pass, microseconds.
     pub max_us: u64,
+    /// The last pass that took in a new HQ commit: the time to plan an HQ change.
+    #[serde(default)]
+    pub last_hq_change_us: u64,
 }
 
 impl DecideTimes {
-    /// Counts one pass that took `took`.
-    pub fn record(&mut self, took: std::time::Duration) {
+    /// Counts one pass that took `took`; `hq_change` when it took in a new HQ commit.
+    pub fn record(&mut self, took: std::time::Duration, hq_change: bool) {
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
         self.passes += 1;
         self.last_us = us;
         self.max_us = self.max_us.max(us);
+        if hq_change {
+            self.last_hq_change_us = us;
+        }
     }
 }
 

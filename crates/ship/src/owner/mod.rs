@@ -123,15 +123,17 @@ pub(crate) async fn run(
         };
         // The decisions of one pass (pure: no I/O), timed for `status`.
         let began = std::time::Instant::now();
-        if let Some(event) = first {
-            core.handle(event, now_ms());
-        }
+        let mut hq_change = false;
         // Take whatever else arrived meanwhile in the same pass.
-        while let Ok(event) = rx.try_recv() {
+        for event in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            hq_change |= matches!(event, Event::HqLoaded { .. });
             core.handle(event, now_ms());
         }
         wake = core.settle(now_ms());
-        decide.record(began.elapsed());
+        decide.record(began.elapsed(), hq_change);
         for effect in core.take_effects() {
             match effect {
                 core::Effect::Deploy(job) => {
