@@ -4,7 +4,10 @@
 #   - convergence: an app commit → the first and the last ship serving it (default rollout,
 #     2 s poll);
 #   - `status --phleet` latency with every ship up, and with 3 of them down;
-#   - each ship's CPU and RSS over 20 s of being in the phleet, idle.
+#   - each ship's CPU and RSS over 20 s of being in the phleet, idle, beside one more ship
+#     following the same HQ alone (not in `ships`), measured over the same 20 s;
+#   - `logs --phleet -f`: lines/s it shows while every ship's echo service logs each of a
+#     stream of requests, and the lag from a line's time stamp to its display.
 #
 #   benches/phleet.sh [N]            # run as root
 #   STARPHLEET_BIN=path/to/starphleet benches/phleet.sh 10
@@ -26,7 +29,7 @@ ship_ip() { echo "10.250.0.$1"; }
 in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" "$@"; }
 
 cleanup() {
-  for i in $(seq 1 "$N"); do
+  for i in $(seq 1 "$(( N + 1 ))"); do
     [ -d "$WORK/s$i" ] && in_ns "$(ship_ns "$i")" "$BIN" down --state-dir "$WORK/s$i" >/dev/null 2>&1 || true
     ip netns del "$(ship_ns "$i")" 2>/dev/null || true
   done
@@ -41,7 +44,8 @@ ip -n "$HUB" link set lo up
 ip -n "$HUB" link add br0 type bridge
 ip -n "$HUB" link set br0 up
 ip -n "$HUB" addr add "$HUB_IP/24" dev br0
-for i in $(seq 1 "$N"); do
+ALONE=$(( N + 1 ))
+for i in $(seq 1 "$ALONE"); do
   ns=$(ship_ns "$i")
   ip netns add "$ns"
   ip -n "$ns" link set lo up
@@ -76,7 +80,7 @@ start_ship() {
     --admin "$(ship_ip "$i"):9797" --state-dir "$WORK/s$i" >"$WORK/s$i.log" 2>&1 &
   echo $! > "$WORK/s$i.pid"
 }
-for i in $(seq 1 "$N"); do start_ship "$i"; done
+for i in $(seq 1 "$ALONE"); do start_ship "$i"; done
 
 # Commits the app and prints, in ms, when the first and the last ship served it.
 serving_commit() { # ship index → the echo app commit it serves
@@ -123,7 +127,7 @@ echo "status --phleet, all $N up: mean $(status_latency) ms of 10"
 # Each ship's CPU (utime+stime) and RSS over 20 s, idle, in the phleet.
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 declare -A before
-for i in $(seq 1 "$N"); do before[$i]=$(cpu_ticks "$(cat "$WORK/s$i.pid")"); done
+for i in $(seq 1 "$ALONE"); do before[$i]=$(cpu_ticks "$(cat "$WORK/s$i.pid")"); done
 sleep 20
 HZ=$(getconf CLK_TCK)
 total_cpu=0; max_rss=0
@@ -135,6 +139,51 @@ for i in $(seq 1 "$N"); do
   [ "$rss" -gt "$max_rss" ] && max_rss=$rss
 done
 echo "per ship, idle in a phleet of $N: $(python3 -c "print(round($total_cpu/$HZ/20/$N*100,2))") % of one core (mean), RSS max $(( max_rss / 1024 )) MiB"
+pid=$(cat "$WORK/s$ALONE.pid")
+d=$(( $(cpu_ticks "$pid") - before[$ALONE] ))
+echo "the same ship alone (not in ships), same 20 s: $(python3 -c "print(round($d/$HZ/20*100,2))") % of one core, RSS $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
+
+# logs --phleet -f: every ship's echo logs each request of a steady stream for 10 s.
+load() { # ship index → GETs /echo/line-N on its port 80 for 10 s, keep-alive
+  in_ns "$(ship_ns "$1")" python3 -c '
+import http.client, time
+c = http.client.HTTPConnection("127.0.0.1", 80, timeout=5)
+end, n = time.time() + 10, 0
+while time.time() < end:
+    c.request("GET", "/echo/line-%d" % n); c.getresponse().read(); n += 1
+    time.sleep(0.002)
+' &
+}
+# Each line is stamped with the time it was shown, for the lag.
+( in_ns "$(ship_ns 1)" timeout 14 "$BIN" logs --phleet -f --json --kind app --state-dir "$WORK/s1" echo 2>/dev/null |
+  python3 -u -c '
+import sys, time
+for line in sys.stdin:
+    sys.stdout.write("%d %s" % (time.time_ns(), line))
+' > "$WORK/follow.jsonl" ) &
+follower=$!
+sleep 1.5
+for i in $(seq 1 "$N"); do load "$i"; done
+wait "$follower" 2>/dev/null || true
+python3 - "$WORK/follow.jsonl" "$N" <<'PY'
+import json, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+lines, ships, lags = 0, set(), []
+for raw in open(path):
+    try:
+        shown, rest = raw.split(" ", 1)
+        r = json.loads(rest)
+    except ValueError:
+        continue
+    if "line-" not in r.get("line", ""):
+        continue
+    lines += 1
+    ships.add(r.get("ship"))
+    lags.append((int(shown) - r["time_ns"]) / 1e6)
+lags.sort()
+q = lambda p: lags[min(len(lags) - 1, int(p * len(lags)))] if lags else float("nan")
+print("logs --phleet -f: %d request lines from %d of %d ships in 10 s: %.0f lines/s; lag from the line's time to its display: median %.0f ms, p99 %.0f ms, max %.0f ms" % (lines, len(ships), n, lines / 10, q(0.5), q(0.99), q(1.0)))
+PY
 
 for i in 8 9 10; do
   [ "$i" -le "$N" ] || continue
