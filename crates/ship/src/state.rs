@@ -59,7 +59,14 @@ pub struct ServiceState {
     /// Unix ms before which such a failed deploy is not tried again.
     #[serde(default)]
     pub retry_at_ms: u64,
+    /// The last version label that crashed [`CRASH_LOOP`] times before it ran steadily: a
+    /// failed version for a rollout across ships.
+    #[serde(default)]
+    pub crash_looped: Option<String>,
 }
+
+/// Crashes before running steadily that make a version a crash loop.
+pub const CRASH_LOOP: u32 = 3;
 
 /// One public route of a version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -115,7 +115,7 @@ pub(crate) fn versions(admin: &Admin) -> Response<Body> {
                         .map(|c| c.started_at_ms)
                         .fold(v.healthy_at_ms, u64::max),
                 });
-            let failed = svc
+            let mut failed: Vec<FailedVersion> = svc
                 .deploys
                 .iter()
                 .filter(|d| d.outcome.starts_with("failed"))
@@ -125,6 +125,16 @@ pub(crate) fn versions(admin: &Admin) -> Response<Body> {
                     why: d.outcome.clone(),
                 })
                 .collect();
+            if let Some(version) = &svc.crash_looped {
+                failed.push(FailedVersion {
+                    version: version.clone(),
+                    at_ms: svc.restart_at_ms,
+                    why: format!(
+                        "crash loop: it crashed {} times before running steadily",
+                        crate::state::CRASH_LOOP
+                    ),
+                });
+            }
             let versions = ServiceVersions {
                 current,
                 deploying: None,

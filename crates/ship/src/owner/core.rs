@@ -1052,6 +1052,11 @@ impl Core {
                 if let Some((_, last)) = messages.last() {
                     svc.last_error = Some(last.clone());
                 }
+                if restarts >= crate::state::CRASH_LOOP {
+                    if let Some((label, _)) = messages.last() {
+                        svc.crash_looped = Some(label.clone());
+                    }
+                }
                 for (label, msg) in messages {
                     error!("{msg}");
                     self.effects.push(Effect::Note {

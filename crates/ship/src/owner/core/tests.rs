@@ -492,6 +492,56 @@ fn a_crash_is_reported_and_restarted_after_its_back_off() {
 }
 
 #[test]
+fn a_version_that_crashes_three_times_before_running_steadily_is_a_crash_loop() {
+    let (mut c, _) = serving();
+    let mut now = T0 + 10;
+    for round in 1..=crate::state::CRASH_LOOP {
+        assert_eq!(
+            c.state().services["echo"].crash_looped,
+            None,
+            "round {round}"
+        );
+        let cid = c.state().services["echo"]
+            .current
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .id
+            .clone();
+        c.handle(
+            Event::Exited {
+                container: cid.clone(),
+                tail: "boom".into(),
+            },
+            now,
+        );
+        let wake = c.settle(now).unwrap();
+        c.take_effects();
+        c.handle(Event::Stopped { container: cid }, now);
+        now = wake;
+        c.settle(now);
+        let job = deploys(&c.take_effects()).remove(0);
+        assert_eq!(job.reason, Reason::Restart);
+        assert!(deploy_to_switch(&mut c, &job, now));
+        c.settle(now);
+        let v = c.routes().version;
+        c.handle(Event::RoutesApplied(v), now);
+        c.settle(now);
+        c.take_effects();
+        persisted(&mut c, Ok(()));
+        now += 10;
+    }
+    let svc = &c.state().services["echo"];
+    assert_eq!(svc.restarts, crate::state::CRASH_LOOP);
+    let label = svc.crash_looped.clone().expect("a crash loop");
+    let v = svc.current.as_ref().unwrap();
+    assert_eq!(
+        label,
+        crate::telemetry::version_label(&v.app_commit, &v.order_revision)
+    );
+}
+
+#[test]
 fn redeploy_names_the_services_it_knows() {
     let mut c = following();
     let (tx, mut rx) = oneshot::channel();
