@@ -4,7 +4,8 @@
 //!
 //! Checks the rendered DOM (each service, its state, live CPU / memory / request numbers after
 //! the page's second poll) and a screenshot (a real PNG of the window size that shows the
-//! services, not a blank page).
+//! services, not a blank page), and the phleet view: the ships of HQ's `ships` side by side,
+//! an unreachable one marked.
 
 mod common;
 
@@ -396,6 +397,71 @@ impl Drop for Group {
             }
         }
     }
+}
+
+#[test]
+#[ignore = "root tier (network namespaces, runc): run by scripts/test"]
+fn dashboard_shows_the_phleet_side_by_side_with_unreachable_ships_marked() {
+    let chromium = chromium();
+    let mut ship = TestShip::new();
+    let app = greeter_repo(&ship.path("greeter"));
+    // This ship and one that never answers (nothing listens on port 9 in the namespace).
+    ship.hq
+        .write(
+            "ships",
+            &format!(
+                "testship http://127.0.0.1:{ADMIN}
+ghost http://127.0.0.1:9
+"
+            ),
+        )
+        .write(
+            "alpha.orders",
+            &format!(
+                "autodeploy {}
+publish --private 8000 --url /a
+",
+                app.url()
+            ),
+        );
+    let hq_commit = ship.hq.commit("a phleet of two");
+    ship.start();
+    ship.wait_for_body(80, "/a/x", "x", DEPLOY);
+
+    let browser = Browser::new(&ship, chromium);
+    let dom = browser.run(
+        "dom",
+        &["--dump-dom", "--virtual-time-budget=3000"],
+        &format!("http://127.0.0.1:{ADMIN}/"),
+    );
+    let dom = String::from_utf8_lossy(&dom).into_owned();
+    let card = |name: &str| -> String {
+        let marker = format!("data-ship=\"{name}\"");
+        let Some(start) = dom.find(&marker) else {
+            panic!(
+                "no card for ship {name} in the phleet view\n--- DOM ---\n{}\n--- ship log ---\n{}",
+                head(&dom, 20000),
+                ship.log()
+            );
+        };
+        // From the card's opening tag to the next card's.
+        let open = dom[..start].rfind('<').unwrap_or(start);
+        let end = dom[start..]
+            .find("<div class=\"pship")
+            .map_or(dom.len(), |i| start + i);
+        dom[open..end].to_string()
+    };
+    let me = card("testship");
+    assert!(me.contains("(this ship)"), "{me}");
+    assert!(me.contains(&hq_commit[..8]), "its HQ commit is shown: {me}");
+    assert!(me.contains("alpha"), "its services are listed: {me}");
+    assert!(!me.contains("pship down"), "{me}");
+    let ghost = card("ghost");
+    assert!(
+        ghost.contains("pship down"),
+        "an unreachable ship is marked: {ghost}"
+    );
+    assert!(ghost.contains("unreachable"), "{ghost}");
 }
 
 /// The markup of the card `data-service="name"`: up to the next card.
