@@ -290,10 +290,10 @@ fn checked_relative(path: &str) -> Result<&str> {
 
 /// The cgroup mounts (v1 and v2) of the mount table, read once: they do not move while a
 /// ship runs, and the whole table grows with every container (its overlay, its netns file).
-fn cgroup_mount_table() -> Result<Vec<MountInfo>> {
+fn cgroup_mount_table() -> Result<std::borrow::Cow<'static, [MountInfo]>> {
     static TABLE: std::sync::OnceLock<Vec<MountInfo>> = std::sync::OnceLock::new();
     if let Some(table) = TABLE.get() {
-        return Ok(table.clone());
+        return Ok(table.as_slice().into());
     }
     let table: Vec<MountInfo> = mountinfo()
         .map_err(CgroupError::MountTable)?
@@ -302,16 +302,16 @@ fn cgroup_mount_table() -> Result<Vec<MountInfo>> {
         .collect();
     if table.is_empty() {
         // Nothing mounted yet: look again next time.
-        return Ok(table);
+        return Ok(table.into());
     }
-    Ok(TABLE.get_or_init(|| table).clone())
+    Ok(TABLE.get_or_init(|| table).as_slice().into())
 }
 
 /// Mount points of every cgroup hierarchy (v1 and v2).
 fn cgroup_mounts() -> Result<Vec<PathBuf>> {
     Ok(cgroup_mount_table()?
-        .into_iter()
-        .map(|m| m.mount_point)
+        .iter()
+        .map(|m| m.mount_point.clone())
         .collect())
 }
 

@@ -570,20 +570,27 @@ pub async fn link_stats(name: &str) -> Result<Option<LinkStats>> {
     let Some(link) = get_link(&h, name).await? else {
         return Ok(None);
     };
-    let stats = link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Stats64(s) => Some(LinkStats {
-            rx_bytes: s.rx_bytes,
-            tx_bytes: s.tx_bytes,
-            rx_packets: s.rx_packets,
-            tx_packets: s.tx_packets,
-            rx_errors: s.rx_errors,
-            tx_errors: s.tx_errors,
-            rx_dropped: s.rx_dropped,
-            tx_dropped: s.tx_dropped,
-        }),
-        _ => None,
-    });
-    Ok(Some(stats.unwrap_or_default()))
+    Ok(Some(stats_of(&link.attributes)))
+}
+
+/// The 64-bit counters among a link's attributes (zero when the kernel sent none).
+fn stats_of(attributes: &[LinkAttribute]) -> LinkStats {
+    attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(LinkStats {
+                rx_bytes: s.rx_bytes,
+                tx_bytes: s.tx_bytes,
+                rx_packets: s.rx_packets,
+                tx_packets: s.tx_packets,
+                rx_errors: s.rx_errors,
+                tx_errors: s.tx_errors,
+                rx_dropped: s.rx_dropped,
+                tx_dropped: s.tx_dropped,
+            }),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Counters of every interface whose name starts with `prefix`, by name, from one netlink
@@ -597,28 +604,12 @@ pub async fn link_stats_all(prefix: &str) -> Result<std::collections::HashMap<St
         .await
         .map_err(netlink("listing interfaces"))?
     {
-        let mut name = None;
-        let mut stats = LinkStats::default();
-        for attr in link.attributes {
-            match attr {
-                LinkAttribute::IfName(n) if n.starts_with(prefix) => name = Some(n),
-                LinkAttribute::Stats64(s) => {
-                    stats = LinkStats {
-                        rx_bytes: s.rx_bytes,
-                        tx_bytes: s.tx_bytes,
-                        rx_packets: s.rx_packets,
-                        tx_packets: s.tx_packets,
-                        rx_errors: s.rx_errors,
-                        tx_errors: s.tx_errors,
-                        rx_dropped: s.rx_dropped,
-                        tx_dropped: s.tx_dropped,
-                    }
-                }
-                _ => {}
-            }
-        }
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) if n.starts_with(prefix) => Some(n.clone()),
+            _ => None,
+        });
         if let Some(name) = name {
-            out.insert(name, stats);
+            out.insert(name, stats_of(&link.attributes));
         }
     }
     Ok(out)

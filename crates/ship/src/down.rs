@@ -116,7 +116,9 @@ pub async fn down(state_dir: &Path, runtime: &str) -> Result<DownReport, DownErr
         // Without nft there was never a table to remove.
         Ok(Ok(()) | Err(starphleet_runtime::NetError::NotInstalled { .. })) => {}
         Ok(Err(e)) => report.problems.push(format!("outbound NAT: {e}")),
-        Err(e) => report.problems.push(format!("outbound NAT: {e}")),
+        Err(e) => report
+            .problems
+            .push(format!("outbound NAT: the thread failed: {e}")),
     }
     let runtime_dir = Layout::runtime_root(names.ship_id());
     let run_dir = runtime_dir.parent().unwrap_or(&runtime_dir).to_path_buf();

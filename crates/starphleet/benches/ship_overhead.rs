@@ -17,27 +17,6 @@ use common::*;
 /// The ticker app of the end-to-end tests; with `TICK=1` it prints a line every 5 ms.
 const APP: &str = include_str!("../tests/apps/ticker.py");
 
-/// (user + system CPU seconds, resident bytes) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss_kb * 1024)
-}
-
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)

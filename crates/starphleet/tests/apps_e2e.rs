@@ -89,17 +89,6 @@ fn busybox_app(repo: &Repo, tmp: &Path) {
     repo.commit("busybox");
 }
 
-fn service(ship: &TestShip, name: &str) -> serde_json::Value {
-    let st = ship.status_json();
-    st["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no service {name} in {st}"))
-}
-
 /// (status, content type, body) of `GET http://127.0.0.1:80<path>` in the ship's namespace.
 fn get_typed(ship: &TestShip, path: &str) -> (u16, String, String) {
     let url = format!("http://127.0.0.1:80{path}");
@@ -152,7 +141,7 @@ fn apps_deploy_as_they_are_through_the_ship() {
         ship.get(80, "/echo/greeting").unwrap(),
         (200, "hello from .env".into())
     );
-    let echo_svc = service(&ship, "echo");
+    let echo_svc = ship.service("echo");
     let health = echo_svc.to_string();
     let build_log = std::fs::read_to_string(ship.state.join("logs/echo/build.log"))
         .or_else(|_| {
@@ -221,7 +210,7 @@ fn apps_deploy_as_they_are_through_the_ship() {
     site.commit("now a Rust app");
     let deadline = Instant::now() + BUILD;
     let outcome = loop {
-        let svc = service(&ship, "site");
+        let svc = ship.service("site");
         let last = svc["deploys"].as_array().and_then(|d| d.last()).cloned();
         let outcome = last
             .as_ref()

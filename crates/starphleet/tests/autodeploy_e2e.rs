@@ -41,22 +41,11 @@ fn versioned_ship(order_extra: &str) -> (TestShip, Repo) {
     (ship, app)
 }
 
-fn service(ship: &TestShip, name: &str) -> serde_json::Value {
-    let st = ship.status_json();
-    st["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no service {name} in {st}"))
-}
-
 /// Waits until the service `app`'s latest deploy failed; returns the service and that outcome.
 fn wait_for_failed_deploy(ship: &TestShip) -> (serde_json::Value, String) {
     let deadline = Instant::now() + DEPLOY;
     loop {
-        let svc = service(ship, "app");
+        let svc = ship.service("app");
         let outcome = svc["deploys"].as_array().unwrap().last().unwrap()["outcome"]
             .as_str()
             .unwrap()
@@ -84,7 +73,7 @@ fn container_ids(svc: &serde_json::Value) -> Vec<String> {
 fn wait_only_serving_containers(ship: &TestShip, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let serving = container_ids(&service(ship, name));
+        let serving = container_ids(&ship.service(name));
         let mut running = runc_containers(&ship.ship_id());
         running.sort();
         if running == serving {
@@ -103,7 +92,7 @@ fn wait_only_serving_containers(ship: &TestShip, name: &str) {
 #[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn app_commit_serves_within_two_polls_plus_deploy_and_replaces_all_instances() {
     let (ship, app) = versioned_ship("instances 2\n");
-    let before = container_ids(&service(&ship, "app"));
+    let before = container_ids(&ship.service("app"));
     assert_eq!(before.len(), 2, "instances 2 runs two containers");
 
     let pushed = Instant::now();
@@ -111,7 +100,7 @@ fn app_commit_serves_within_two_polls_plus_deploy_and_replaces_all_instances() {
     ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
     let to_serving = pushed.elapsed();
 
-    let svc = service(&ship, "app");
+    let svc = ship.service("app");
     let last = svc["deploys"].as_array().unwrap().last().unwrap().clone();
     let deploy_ms: u64 = last["steps"]
         .as_array()
@@ -219,7 +208,7 @@ fn websocket_opened_before_a_switch_keeps_working_until_closed() {
 #[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn version_that_never_gets_healthy_leaves_the_old_one_serving() {
     let (ship, app) = versioned_ship("healthcheck --timeout 2s\n");
-    let old = container_ids(&service(&ship, "app"));
+    let old = container_ids(&ship.service("app"));
     commit_version(&app, "v2", "export WRONG_PORT=1\n");
     let (svc, outcome) = wait_for_failed_deploy(&ship);
     assert!(outcome.contains("failed at health"), "{outcome}");
@@ -233,11 +222,11 @@ fn version_that_never_gets_healthy_leaves_the_old_one_serving() {
         "{svc}"
     );
     assert_eq!(ship.get(80, "/app/x").unwrap(), (200, "v1:x".to_string()));
-    assert_eq!(container_ids(&service(&ship, "app")), old);
+    assert_eq!(container_ids(&ship.service("app")), old);
     wait_only_serving_containers(&ship, "app");
     // Not retried in a loop.
     std::thread::sleep(Duration::from_secs(2));
-    let deploys = service(&ship, "app")["deploys"].as_array().unwrap().len();
+    let deploys = ship.service("app")["deploys"].as_array().unwrap().len();
     assert_eq!(deploys, 2, "the failed commit is not retried");
 }
 
@@ -252,7 +241,7 @@ fn crashing_app_is_restarted_with_growing_delays_and_answers_503_meanwhile() {
         if let Ok((503, _)) = ship.get(80, "/app/x") {
             saw_503 = true;
         }
-        let svc = service(&ship, "app");
+        let svc = ship.service("app");
         let starts: Vec<u64> = svc["deploys"]
             .as_array()
             .unwrap()
@@ -288,7 +277,7 @@ fn crashing_app_is_restarted_with_growing_delays_and_answers_503_meanwhile() {
 #[ignore = "root tier (network namespaces, runc): run by scripts/test"]
 fn redeploy_rebuilds_and_switches() {
     let (ship, _app) = versioned_ship("");
-    let before = container_ids(&service(&ship, "app"));
+    let before = container_ids(&ship.service("app"));
     let out = ship.cli(&["redeploy", "app"]);
     assert!(
         out.status.success(),
@@ -297,7 +286,7 @@ fn redeploy_rebuilds_and_switches() {
     );
     let deadline = Instant::now() + DEPLOY;
     loop {
-        let svc = service(&ship, "app");
+        let svc = ship.service("app");
         let ids = container_ids(&svc);
         if !ids.is_empty() && ids != before && svc["state"] == "serving" {
             break;
@@ -341,6 +330,6 @@ fn branch_forced_backwards_deploys_what_it_now_points_at() {
     ship.wait_for_body(80, "/app/x", "v2:x", DEPLOY);
     git(&app.dir, &["reset", "-q", "--hard", &v1]);
     ship.wait_for_body(80, "/app/x", "v1:x", DEPLOY);
-    assert_eq!(service(&ship, "app")["app_commit"], v1);
+    assert_eq!(ship.service("app")["app_commit"], v1);
     wait_only_serving_containers(&ship, "app");
 }

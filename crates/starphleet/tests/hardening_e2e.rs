@@ -13,19 +13,8 @@ use common::*;
 const DEPLOY: Duration = Duration::from_secs(60);
 const VERSIONED: &str = include_str!("apps/versioned.py");
 
-fn service(ship: &TestShip, name: &str) -> serde_json::Value {
-    let st = ship.status_json();
-    st["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no service {name} in {st}"))
-}
-
 fn container_ids(ship: &TestShip, name: &str) -> Vec<String> {
-    let mut ids: Vec<String> = service(ship, name)["containers"]
+    let mut ids: Vec<String> = ship.service(name)["containers"]
         .as_array()
         .unwrap()
         .iter()
@@ -172,7 +161,7 @@ fn a_hung_remote_delays_only_its_own_service() {
     wait_until(
         "the crashing service is restarted twice",
         Duration::from_secs(20),
-        || service(&ship, "crash")["restarts"].as_u64().unwrap_or(0) >= 2,
+        || ship.service("crash")["restarts"].as_u64().unwrap_or(0) >= 2,
         || ship.log(),
     );
 
@@ -181,7 +170,7 @@ fn a_hung_remote_delays_only_its_own_service() {
         "status names the hung remote",
         Duration::from_secs(30),
         || {
-            service(&ship, "hung")["error"].as_str().is_some_and(|e| {
+            ship.service("hung")["error"].as_str().is_some_and(|e| {
                 e.contains(&format!("127.0.0.1:{port}")) && e.contains("timed out")
             })
         },
@@ -562,7 +551,7 @@ fn a_full_state_disk_drops_logs_keeps_services_and_recovers_when_space_returns()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let chatty_svc = service(&ship, "chatty");
+    let chatty_svc = ship.service("chatty");
     assert_eq!(chatty_svc["state"], "serving", "{chatty_svc}");
     assert_eq!(chatty_svc["restarts"], 0, "{chatty_svc}");
 
@@ -621,7 +610,7 @@ fn a_service_over_its_memory_limit_is_killed_restarted_and_reported() {
         .commit("greedy");
     ship.start();
     ship.wait_for_body(80, "/greedy/", "fed", DEPLOY);
-    let limit = service(&ship, "greedy")["containers"][0]["memory_limit_bytes"].clone();
+    let limit = ship.service("greedy")["containers"][0]["memory_limit_bytes"].clone();
     assert_eq!(limit, serde_json::json!(64 << 20), "status shows the limit");
     let before = container_ids(&ship, "greedy");
 
@@ -631,7 +620,7 @@ fn a_service_over_its_memory_limit_is_killed_restarted_and_reported() {
         "the OOM kill is reported",
         DEPLOY,
         || {
-            let svc = service(&ship, "greedy");
+            let svc = ship.service("greedy");
             svc.to_string().contains("out of memory") && svc["restarts"].as_u64() >= Some(1)
         },
         || ship.log(),

@@ -325,6 +325,18 @@ impl TestShip {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The service `name` in `status --json`; panics naming the status when it is missing.
+    pub fn service(&self, name: &str) -> serde_json::Value {
+        let st = self.status_json();
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no service {name} in {st}"))
+    }
+
     /// Runs `starphleet down` for this ship.
     pub fn down(&mut self) -> Output {
         self.kill();
@@ -475,4 +487,25 @@ impl Drop for Uplink {
             .args(["link", "del", &self.host_if])
             .output();
     }
+}
+
+/// (user + system CPU seconds, resident bytes) of a process.
+pub fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss_kb * 1024)
 }
