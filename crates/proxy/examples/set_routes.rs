@@ -3,7 +3,7 @@
 //! With `--tls`, the same route is also served over TLS on another port, with one certificate.
 //!
 //! ```text
-//! set_routes SOCKET PORT PREFIX UPSTREAM_ADDR [SERVICE] [--tls PORT --cert PEM --key PEM --host NAME]
+//! set_routes SOCKET PORT PREFIX UPSTREAM_ADDR [SERVICE] [--tls PORT --cert PEM --key PEM --host NAME] [--max-body BYTES]
 //! set_routes /tmp/sp/proxy.sock 8080 /echo 127.0.0.1:9000 echo
 //! set_routes /tmp/sp/proxy.sock 8080 /echo 127.0.0.1:9000 echo --tls 8443 --cert c.pem --key k.pem --host bench.test
 //! ```
@@ -15,7 +15,7 @@ use std::time::Duration;
 use starphleet_proxy::{CertFiles, ProxyClient, Route, RouteTable, Upstream};
 
 const USAGE: &str = "usage: set_routes SOCKET PORT PREFIX UPSTREAM_ADDR [SERVICE] \
-                     [--tls PORT --cert PEM --key PEM --host NAME]";
+                     [--tls PORT --cert PEM --key PEM --host NAME] [--max-body BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +54,7 @@ fn program(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             version: "v1".into(),
             container: format!("{service}-1"),
         }],
+        max_body: options.get("max-body").map(|n| n.parse()).transpose()?,
         ..Route::default()
     };
     let mut table = RouteTable {

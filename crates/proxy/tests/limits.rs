@@ -6,12 +6,16 @@ mod common;
 
 use common::*;
 
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use futures::{stream, SinkExt};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{header, Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use starphleet_proxy::{Limits, Route, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -54,6 +58,91 @@ async fn connect_from(n: u8, port: u16) -> std::io::Result<TcpStream> {
     socket
         .connect(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
+}
+
+/// Over HTTP/2 a refused body ends its stream only: the client gets the whole 413 (the stream
+/// then reset with NO_ERROR, RFC 9113 §8.1), and the connection goes on serving.
+#[tokio::test]
+async fn http2_bodies_over_the_route_limit_are_a_complete_413_and_the_connection_lives() {
+    let app = Backend::start("app").await;
+    let proxy = Proxy::start_with(quick()).await;
+    let port = free_port();
+    let mut small = route("/small", "app", &[&app]);
+    small.max_body = Some(10);
+    proxy
+        .set(&table([(port, vec![small, route("/", "app", &[&app])])]))
+        .await;
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let uri = format!("http://h2.test:{port}/small/x");
+
+    // Announced too large, with a body far past any window, as curl sends a big upload.
+    let upload = stream::iter(
+        (0..64).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))),
+    );
+    let announced = Request::post(&uri)
+        .header(header::CONTENT_LENGTH, 64 * 16 * 1024)
+        .body(StreamBody::new(upload).boxed())
+        .unwrap();
+    let resp = h2
+        .send_request(announced)
+        .await
+        .expect("a response, not a reset stream");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("the whole 413 body")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("larger than 10 bytes"),
+        "{text:?}"
+    );
+
+    // Streamed past the limit without a length.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let streamed = Request::post(&uri)
+        .body(StreamBody::new(rx).boxed())
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for _ in 0..64 {
+            if tx
+                .send(Ok(Frame::data(Bytes::from_static(b"hello world "))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let resp = h2
+        .send_request(streamed)
+        .await
+        .expect("a response, not a reset stream");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    resp.into_body()
+        .collect()
+        .await
+        .expect("the whole 413 body");
+    sending.abort();
+
+    // The same connection serves the next request.
+    let next = Request::get(format!("http://h2.test:{port}/x"))
+        .body(Empty::<Bytes>::new().boxed())
+        .unwrap();
+    let resp = h2
+        .send_request(next)
+        .await
+        .expect("the connection still serves");
+    assert_eq!(resp.status(), StatusCode::OK);
+    proxy.stop().await;
 }
 
 #[tokio::test]
