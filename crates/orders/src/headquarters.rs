@@ -466,6 +466,34 @@ fn certificate_warnings(
     let mut out = Vec::new();
     for p in order.publish.iter().filter(|p| p.tls) {
         let line = line_of(text, p.span_line);
+        if p.hosts.is_empty() {
+            let span = split_words(line).map_or(Span { col: 1, width: 1 }, |l| {
+                l.words
+                    .iter()
+                    .find(|w| w.text.eq_ignore_ascii_case("--tls"))
+                    .map_or_else(|| words_span(&l.words), |w| w.span)
+            });
+            out.push(
+                Diagnostic::at(
+                    &order.path,
+                    p.span_line,
+                    span.col,
+                    span.width,
+                    line,
+                    format!(
+                        "`--tls` without `--host`: certificates go by host name, so port {} \
+                         reaches this route only under names other `--tls --host` publishes \
+                         have certificates for",
+                        p.public
+                    ),
+                )
+                .with_severity(Severity::Warning)
+                .with_help(
+                    "add `--host NAME` for each name users type (e.g. `--host shop.example.com`)"
+                        .to_string(),
+                ),
+            );
+        }
         let spans = flag_values(line, "--host");
         for host in &p.hosts {
             let wildcard = host.starts_with("*.");

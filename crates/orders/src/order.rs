@@ -75,6 +75,9 @@ pub struct Publish {
     /// `--timeout`: how long the service may take to answer a request; then 504.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// `--body-timeout`: how long a request body may go without a byte arriving; then 408.
+    #[serde(default)]
+    pub body_timeout: Option<Duration>,
 }
 
 /// One valid `*.orders` file: one service to run.
@@ -140,6 +143,7 @@ const PUBLISH_FLAGS: &[&str] = &[
     "--no-redirect",
     "--max-body",
     "--timeout",
+    "--body-timeout",
 ];
 
 /// Publish flags that take no value.
@@ -153,13 +157,17 @@ const PUBLIC_HELP: &str = "`--public` is the port users connect to on the ship (
 const PUBLISH_USAGE: &str = "`publish` takes `--private PORT` (required), `--public PORT` \
      (default 80) and `--url /PREFIX` (default /<service>)";
 const PUBLISH_EDGE_USAGE: &str = "`publish` also takes `--host NAME` (repeatable), `--tls`, \
-     `--no-redirect` (with `--tls`), `--max-body SIZE` and `--timeout DURATION`";
+     `--no-redirect` (with `--tls`), `--max-body SIZE`, `--timeout DURATION` and \
+     `--body-timeout DURATION`";
 const HOST_HELP: &str = "`--host` limits the route to requests for this host name, e.g. \
      `--host app.example.com` or `--host '*.example.com'`; repeat it for more names";
 const MAX_BODY_HELP: &str = "`--max-body` is the largest request body the route accepts (bigger \
      requests get 413), e.g. `--max-body 10m`";
 const PUBLISH_TIMEOUT_HELP: &str = "`--timeout` is how long the service may take to answer a \
      request before the client gets 504, e.g. `--timeout 30s`";
+const BODY_TIMEOUT_HELP: &str = "`--body-timeout` is how long a request body may go without a \
+     byte arriving before the client gets 408 (default 30s), e.g. `--body-timeout 2m` for slow \
+     uploads";
 const AUTODEPLOY_EXAMPLE: &str = "e.g. `autodeploy https://github.com/wballard/echo.git` \
      or `autodeploy git@host:team/app.git#release-2`";
 pub(crate) const DURATION_HELP: &str =
@@ -948,6 +956,7 @@ impl OrderParser<'_> {
         let mut no_redirect: Option<Span> = None;
         let mut max_body: Option<u64> = None;
         let mut timeout: Option<Duration> = None;
+        let mut body_timeout: Option<Duration> = None;
         let mut seen: Vec<&'static str> = Vec::new();
         let mut extra_reported = false;
         let mut i = 1;
@@ -1017,6 +1026,7 @@ impl OrderParser<'_> {
                 "--host" => "--host",
                 "--max-body" => "--max-body",
                 "--timeout" => "--timeout",
+                "--body-timeout" => "--body-timeout",
                 "--port" => {
                     private_mentioned = true;
                     let port = flag.value.as_ref().map_or("PORT", |v| v.text.as_str());
@@ -1079,6 +1089,7 @@ impl OrderParser<'_> {
                 "--host" => ("a host name", HOST_HELP),
                 "--max-body" => ("a size", MAX_BODY_HELP),
                 "--timeout" => ("a duration", PUBLISH_TIMEOUT_HELP),
+                "--body-timeout" => ("a duration", BODY_TIMEOUT_HELP),
                 _ => (
                     "a URL prefix",
                     "e.g. `--url /echo`: the service gets requests under this prefix, with the \
@@ -1132,6 +1143,16 @@ impl OrderParser<'_> {
                         PUBLISH_TIMEOUT_HELP.into(),
                     ),
                     Some(d) => timeout = Some(d),
+                    None => {}
+                },
+                "--body-timeout" => match self.duration(line, &value, "`--body-timeout`") {
+                    Some(d) if d.is_zero() => self.report.error(
+                        line,
+                        value.span,
+                        "`--body-timeout` must be more than 0".into(),
+                        BODY_TIMEOUT_HELP.into(),
+                    ),
+                    Some(d) => body_timeout = Some(d),
                     None => {}
                 },
                 _ => match parse_port(&value.text) {
@@ -1214,6 +1235,7 @@ impl OrderParser<'_> {
             tls,
             max_body,
             timeout,
+            body_timeout,
         };
         if let Some(&(other_tls, other_line)) = self.port_tls.get(&publish.public) {
             if other_tls != publish.tls {

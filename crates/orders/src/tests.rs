@@ -70,6 +70,7 @@ fn seed_example_parses() {
             redirect: false,
             max_body: None,
             timeout: None,
+            body_timeout: None,
         }]
     );
     assert!(o.env.is_empty());
@@ -1506,7 +1507,7 @@ fn reserved_ports_are_refused() {
 fn publish_hosts_tls_and_limits() {
     let o = ok(&format!(
         "{ECHO}publish --private 3000 --host App.Example.com --host '*.example.org' --tls \
-         --max-body 10m --timeout 30s --url /\n\
+         --max-body 10m --timeout 30s --body-timeout 2m --url /\n\
          publish --private 3000 --tls --no-redirect --public 8443 --host=api.example.com\n\
          publish --private 3000 --public 8080 --max-body=512k\n\
          publish --private 3000 --TLS --Host a.example.com --url /a\n"
@@ -1518,6 +1519,7 @@ fn publish_hosts_tls_and_limits() {
     assert_eq!(p.url, "/");
     assert_eq!(p.max_body, Some(10 << 20));
     assert_eq!(p.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(p.body_timeout, Some(Duration::from_secs(120)));
     let p = &o.publish[1];
     assert!(p.tls && !p.redirect);
     assert_eq!(
@@ -1539,9 +1541,10 @@ fn publish_hosts_tls_and_limits() {
             plain.tls,
             plain.redirect,
             plain.max_body,
-            plain.timeout
+            plain.timeout,
+            plain.body_timeout
         ),
-        (80, false, false, None, None)
+        (80, false, false, None, None, None)
     );
     assert!(plain.hosts.is_empty());
 }
@@ -1635,11 +1638,26 @@ fn publish_edge_flag_errors() {
     assert_eq!(p("--timeout 2d").0, "invalid duration `2d` for `--timeout`");
     assert_eq!(p("--timeout 25h").0, "`25h` is too long for `--timeout`");
     assert_eq!(
+        p("--body-timeout 0"),
+        (
+            "`--body-timeout` must be more than 0".into(),
+            "`--body-timeout` is how long a request body may go without a byte arriving before \
+             the client gets 408 (default 30s), e.g. `--body-timeout 2m` for slow uploads"
+                .into()
+        )
+    );
+    assert_eq!(p("--body-timeout").0, "`--body-timeout` needs a duration");
+    assert_eq!(
+        p("--body-timeout 1s --body-timeout 2s").0,
+        "`--body-timeout` is given twice in one `publish` line"
+    );
+    assert_eq!(
         p("--hots app.test"),
         (
             "unknown flag `--hots` for `publish`".into(),
             "did you mean `--host`? `publish` also takes `--host NAME` (repeatable), `--tls`, \
-             `--no-redirect` (with `--tls`), `--max-body SIZE` and `--timeout DURATION`"
+             `--no-redirect` (with `--tls`), `--max-body SIZE`, `--timeout DURATION` and \
+             `--body-timeout DURATION`"
                 .into()
         )
     );
@@ -2498,7 +2516,8 @@ fn tls_hosts_without_a_certificate_are_warnings() {
         format!(
             "{ECHO}publish --private 3000 --tls --host app.test --host api.test --url /\n\
              publish --private 3000 --tls --host x.example.com --host '*.wild.test' --url /w\n\
-             publish --private 3000 --public 8080 --host plain.test\n"
+             publish --private 3000 --public 8080 --host plain.test\n\
+             publish --private 3000 --public 8443 --tls --url /any\n"
         )
         .as_bytes(),
     );
@@ -2532,6 +2551,11 @@ fn tls_hosts_without_a_certificate_are_warnings() {
              fine if every ship has `<state-dir>/certs/_wildcard.wild.test.crt` and `.key` (check \
              cannot see them); otherwise put them there, or commit \
              `certs/_wildcard.wild.test.crt` and `certs/_wildcard.wild.test.key` to headquarters",
+            "web.orders:5:38: warning: `--tls` without `--host`: certificates go by host name, \
+             so port 8443 reaches this route only under names other `--tls --host` publishes have \
+             certificates for\n  |\n5 | publish --private 3000 --public 8443 --tls --url /any\n  \
+             |                                      ^^^^^\n  = help: add `--host NAME` for each \
+             name users type (e.g. `--host shop.example.com`)",
         ]
     );
 
@@ -2552,7 +2576,9 @@ fn tls_hosts_without_a_certificate_are_warnings() {
         messages,
         [
             "no certificate for `*.wild.test` in headquarters, and ACME cannot get a wildcard \
-          certificate (HTTP-01 covers single names only)"
+          certificate (HTTP-01 covers single names only)",
+            "`--tls` without `--host`: certificates go by host name, so port 8443 reaches this \
+             route only under names other `--tls --host` publishes have certificates for",
         ]
     );
     // A broken `.starphleet` says nothing about ACME: no guesses.

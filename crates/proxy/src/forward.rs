@@ -372,7 +372,9 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
             inner: body,
             limit: route.max_body,
             seen: 0,
-            idle: shared.limits.body_idle_timeout,
+            idle: route
+                .body_timeout
+                .unwrap_or(shared.limits.body_idle_timeout),
             idle_timer: None,
             watch: watch.clone(),
         };

@@ -114,6 +114,11 @@ pub struct Route {
     /// client is answered 504. `None`: 60 000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// How long the client's request body may go without a byte arriving, in milliseconds,
+    /// before it is answered 408 and the connection closed. `None`: the proxy's
+    /// [`Limits::body_idle_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout_ms: Option<u64>,
     /// Answer `308 Location: https://<host>[:port]<path?query>` instead of proxying, to this
     /// HTTPS port (443 leaves the port out): the plain-HTTP side of a TLS host. ACME HTTP-01
     /// challenges (`/.well-known/acme-challenge/`) are never redirected.

@@ -56,6 +56,8 @@ pub(crate) struct CRoute {
     pub max_body: Option<u64>,
     /// How long the upstream may take to answer with a response head.
     pub timeout: Duration,
+    /// How long the request body may stall; `None`: the proxy's limit.
+    pub body_timeout: Option<Duration>,
     /// Redirect to HTTPS on this port instead of proxying.
     pub https_redirect: Option<u16>,
     /// Rotates the starting point of the least-in-flight scan, so ties spread evenly.
@@ -293,6 +295,7 @@ impl Counters {
                         retry_after: HeaderValue::from(r.retry_after.unwrap_or(1)),
                         max_body: r.max_body,
                         timeout: r.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+                        body_timeout: r.body_timeout_ms.map(Duration::from_millis),
                         https_redirect: r.https_redirect,
                         next: AtomicUsize::new(0),
                     }

@@ -145,6 +145,37 @@ async fn http2_bodies_over_the_route_limit_are_a_complete_413_and_the_connection
     proxy.stop().await;
 }
 
+/// A route's own body timeout (`--body-timeout`) replaces the proxy's for its requests only.
+#[tokio::test]
+async fn a_route_body_timeout_replaces_the_proxy_one() {
+    let app = Backend::start("app").await;
+    let proxy = Proxy::start_with(quick()).await;
+    let port = free_port();
+    let mut patient = route("/patient", "app", &[&app]);
+    patient.body_timeout_ms = Some(2500);
+    proxy
+        .set(&table([(port, vec![patient, route("/", "app", &[&app])])]))
+        .await;
+
+    let stall = |path: &'static str| async move {
+        let begun = Instant::now();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nten bytes!");
+        let reply = raw(port, head.as_bytes(), Duration::from_secs(10)).await;
+        (status_of(&reply), begun.elapsed())
+    };
+    let ((patient, patient_took), (other, other_took)) =
+        tokio::join!(stall("/patient/x"), stall("/x"));
+    assert_eq!((patient, other), (408, 408));
+    // The proxy's limit is 800 ms; the route's 2.5 s.
+    assert!(other_took < Duration::from_secs(2), "{other_took:?}");
+    assert!(
+        patient_took >= Duration::from_millis(2500) && patient_took < Duration::from_secs(5),
+        "{patient_took:?}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn an_oversized_head_is_431_and_a_slow_one_408() {
     let app = Backend::start("app").await;

@@ -414,6 +414,7 @@ fn publish_records(order: &starphleet_orders::Order) -> Vec<PublishRecord> {
             redirect: p.redirect,
             max_body: p.max_body,
             timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
+            body_timeout_ms: p.body_timeout.map(|t| t.as_millis() as u64),
         })
         .collect()
 }

@@ -66,6 +66,7 @@ impl TableBuilder {
             hosts: p.hosts.clone(),
             max_body: p.max_body,
             timeout_ms: p.timeout_ms,
+            body_timeout_ms: p.body_timeout_ms,
             https_redirect: None,
         });
         if p.tls {
@@ -436,6 +437,7 @@ mod tests {
             redirect,
             max_body: Some(1024),
             timeout_ms: Some(1500),
+            body_timeout_ms: Some(2500),
         }
     }
 
@@ -463,6 +465,7 @@ mod tests {
         assert_eq!(tls[0].hosts, ["app.test"]);
         assert_eq!(tls[0].max_body, Some(1024));
         assert_eq!(tls[0].timeout_ms, Some(1500));
+        assert_eq!(tls[0].body_timeout_ms, Some(2500));
         assert_eq!(tls[0].https_redirect, None);
         let plain = &t.ports[&80];
         assert_eq!(plain.len(), 1, "--no-redirect adds none: {plain:?}");

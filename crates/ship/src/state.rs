@@ -92,6 +92,9 @@ pub struct PublishRecord {
     /// `--timeout`, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// `--body-timeout`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout_ms: Option<u64>,
 }
 
 /// One running version of a service.

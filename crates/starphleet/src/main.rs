@@ -151,6 +151,16 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
         state_dir: PathBuf,
     },
+    /// Order a host's ACME certificate again now (after a key leak, or to try renewal); open connections keep theirs.
+    #[command(
+        after_help = "Example:\n  starphleet renew shop.example.com\n  starphleet status          # the new expiry and next renewal, once served"
+    )]
+    Renew {
+        /// A host published with `--tls --host`.
+        host: String,
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "STARPHLEET_STATE_DIR")]
+        state_dir: PathBuf,
+    },
     /// Stop the ship, its proxy and every service; remove their containers, namespaces, links and mounts. Keeps state and logs.
     #[command(after_help = "Example:\n  starphleet down --state-dir /var/lib/starphleet")]
     Down {
@@ -195,6 +205,29 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+}
+
+/// POSTs `path` to the ship's admin socket: `done` on 202, else the ship's error.
+fn post_accepted(state_dir: &Path, path: &str, done: &str) -> Result<ExitCode> {
+    let socket = Layout::new(state_dir).admin_socket();
+    let (code, body) = runtime()?
+        .block_on(starphleet_ship::admin::request(
+            &socket,
+            hyper::Method::POST,
+            path,
+        ))
+        .with_context(|| not_running(state_dir))?;
+    if code == 202 {
+        println!("{done}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        eprintln!(
+            "starphleet: error: {}",
+            v["error"].as_str().unwrap_or(&body)
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds (the orders' duration grammar).
@@ -343,27 +376,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             logs(&state_dir, &params, &query, follow, json)
         }
-        Command::Redeploy { service, state_dir } => {
-            let socket = Layout::new(&state_dir).admin_socket();
-            let (code, body) = runtime()?
-                .block_on(starphleet_ship::admin::request(
-                    &socket,
-                    hyper::Method::POST,
-                    &format!("/redeploy/{service}"),
-                ))
-                .with_context(|| not_running(&state_dir))?;
-            if code == 202 {
-                println!("redeploying {service}; follow it with `starphleet status`");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                eprintln!(
-                    "starphleet: error: {}",
-                    v["error"].as_str().unwrap_or(&body)
-                );
-                Ok(ExitCode::FAILURE)
-            }
-        }
+        Command::Redeploy { service, state_dir } => post_accepted(
+            &state_dir,
+            &format!("/redeploy/{service}"),
+            &format!("redeploying {service}; follow it with `starphleet status`"),
+        ),
+        Command::Renew { host, state_dir } => post_accepted(
+            &state_dir,
+            &format!("/certs/renew/{host}"),
+            &format!(
+                "ordering a new certificate for {host}; `starphleet status` shows it once served"
+            ),
+        ),
         Command::Down {
             state_dir,
             runtime: rt,

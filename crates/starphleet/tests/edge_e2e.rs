@@ -321,7 +321,7 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
             "app.orders",
             &format!(
                 "autodeploy {}\nexport NAME=app\n\
-                 publish --private 8000 --tls --host app.test --host hq.test --host acme.test --url / --max-body 1k --timeout 2s\n\
+                 publish --private 8000 --tls --host app.test --host hq.test --host acme.test --url / --max-body 1k --timeout 2s --body-timeout 1s\n\
                  publish --private 8000 --public 8080 --host a.test --url /\n\
                  publish --private 8000 --tls --host *.nocert.test --url /nocert\n",
                 app.url()
@@ -414,7 +414,7 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
     )
     .unwrap();
     assert_eq!(unknown, "404");
-    // --max-body 1k: 413; --timeout 2s: 504.
+    // --max-body 1k: 413; --timeout 2s: 504; --body-timeout 1s: 408.
     let big = "x".repeat(2000);
     let code = |args: &[&str]| {
         let mut all = vec![
@@ -445,6 +445,25 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
         "{:?}",
         started.elapsed()
     );
+    ship.net.run(|| {
+        // An upload that stalls is answered after the order's second, not the proxy's 30 s.
+        let mut stream = tls("app.test", &ca.0.pem(), &[b"http/1.1"]).unwrap();
+        let started = Instant::now();
+        stream
+            .write_all(
+                b"POST /post HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nten bytes!",
+            )
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+    });
 
     // Header limits: a 40 KiB header is 431; slowloris clients (a header byte every 200 ms)
     // do not keep others from being served.
@@ -611,15 +630,18 @@ fn tls_from_the_ship_hq_and_acme_with_h2_websockets_redirects_hosts_and_limits()
             .unwrap();
         let ws_stream = tls("acme.test", &root, &[b"http/1.1"]).unwrap();
         let (mut ws, _) = tungstenite::client("wss://acme.test/ws", ws_stream).unwrap();
-        let renew = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-X", "POST", "--unix-socket"])
-            .arg(ship.state.join("admin.sock"))
-            .arg("http://localhost/certs/renew/acme.test")
-            .output()
-            .unwrap();
+        let renew = ship.cli(&["renew", "acme.test"]);
         assert!(
-            String::from_utf8_lossy(&renew.stdout).contains("renewing"),
+            renew.status.success()
+                && String::from_utf8_lossy(&renew.stdout).contains("new certificate for acme.test"),
             "{renew:?}"
+        );
+        let unknown = ship.cli(&["renew", "nope.test"]);
+        assert!(
+            !unknown.status.success()
+                && String::from_utf8_lossy(&unknown.stderr)
+                    .contains("nope.test is no --tls --host"),
+            "{unknown:?}"
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
