@@ -35,10 +35,13 @@
 #        h2        h2load -c16 -m10 over TLS + ALPN h2, for DURATION seconds
 #      and reads each proxy's CPU time (utime + stime of the process and its children, from
 #      /proc/PID/stat: nginx master + workers, haproxy, ours) before and after each run: CPU
-#      time per request = used CPU / requests answered.
-#   8. Prints the means over the rounds as a markdown table: requests/s, p50/p99 latency (h2:
-#      mean), CPU µs per request, with ours/nginx and ours/haproxy ratios, and each proxy's
-#      resident memory after the load.
+#      time per request = used CPU / requests answered, and the part of it spent in the kernel
+#      (stime: the TCP stack, which on loopback also delivers each segment the proxy sends).
+#      It also counts the TCP segments sent in the namespace during the run (`nstat`
+#      TcpOutSegs, every leg): per request, how much the kernel had to carry.
+#   8. Prints the means over the rounds as a markdown table: requests/s, mean/p50/p99 latency
+#      (h2: mean only), CPU µs per request and its kernel part, TCP segments per request, with ours/nginx
+#      and ours/haproxy ratios, and each proxy's resident memory after the load.
 #   9. Kills every process it started and removes its namespace, hosts file and temp dir on
 #      exit (trap).
 #
@@ -217,16 +220,20 @@ rss_mib() {
 	awk -v kb="$total" 'BEGIN { printf "%.1f", kb / 1024 }'
 }
 
-# CPU time (utime + stime, all threads) of a process and its children, in clock ticks.
+# CPU time (all threads) of a process and its children, in clock ticks: "user kernel".
 cpu_ticks() {
-	local total=0 pid t
+	local user=0 kernel=0 pid u k
 	for pid in $(tree "$1"); do
 		# Fields after the command name, which may hold spaces: utime is the 12th, stime 13th.
-		t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
-		total=$((total + ${t:-0}))
+		read -r u k < <(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12, $13}')
+		user=$((user + ${u:-0}))
+		kernel=$((kernel + ${k:-0}))
 	done
-	echo "$total"
+	echo "$user $kernel"
 }
+
+# TCP segments sent in the namespace so far: every leg (load <-> proxy <-> upstream) counts once.
+segments() { "${IN_NS[@]}" nstat -asz TcpOutSegs | awk '$1 == "TcpOutSegs" {print $2}'; }
 
 # ------------------------------------------------------------------ the upstream
 
@@ -367,9 +374,10 @@ add() { SUM[$1]=$(awk -v a="${SUM[$1]:-0}" -v b="$2" 'BEGIN { print a + b }'); }
 
 # run_case NAME CASE: runs the load, adds requests/s, p50, p99 and CPU µs/request to SUM.
 run_case() {
-	local name=$1 scen=$2 out rps p50 p99 n bad cpu0 cpu1 cpu_us
+	local name=$1 scen=$2 out rps p50 p99 avg n bad user0 kernel0 user1 kernel1 seg0 seg1 cpu_us sys_us seg
 	local plain="http://127.0.0.1:${PORT[$name]}/echo/hi" tls="https://$HOST:${TLS_PORT[$name]}/echo/hi"
-	cpu0=$(cpu_ticks "${PID[$name]}")
+	read -r user0 kernel0 < <(cpu_ticks "${PID[$name]}")
+	seg0=$(segments)
 	case $scen in
 	c1) out=$("${ON_LOAD[@]}" wrk -t1 -c1 -d"$LAT_DURATION"s --latency "$plain") ;;
 	c64) out=$("${ON_LOAD[@]}" wrk -t2 -c64 -d"$DURATION"s --latency "$plain") ;;
@@ -377,7 +385,8 @@ run_case() {
 	tls-new) out=$("${ON_LOAD[@]}" wrk -t2 -c16 -d"$DURATION"s --latency -H 'Connection: close' "$tls") ;;
 	h2) out=$("${ON_LOAD[@]}" h2load -c16 -m10 -t1 -D"$DURATION" "$tls") ;;
 	esac
-	cpu1=$(cpu_ticks "${PID[$name]}")
+	seg1=$(segments)
+	read -r user1 kernel1 < <(cpu_ticks "${PID[$name]}")
 	echo "$out" >>"$TMP/out-$name-$scen.txt"
 	if [ "$scen" = h2 ]; then
 		rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
@@ -385,23 +394,31 @@ run_case() {
 		# h2load gives no percentiles: the mean time per request, twice.
 		p50=$(to_us "$(awk '/^time for request:/ {print $6}' <<<"$out")")
 		p99=$p50
+		avg=$p50
 		bad=$(awk '/^requests:/ && ($10 != 0 || $12 != 0) {print}' <<<"$out")
 	else
 		rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
 		n=$(awk '/requests in/ {print $1}' <<<"$out")
 		p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
 		p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+		avg=$(to_us "$(awk '$1 == "Latency" {print $2; exit}' <<<"$out")")
 		bad=$(awk '/Non-2xx|Socket errors/' <<<"$out")
 	fi
 	[ -z "$bad" ] || die "$name $scen: $bad"
 	[ -n "$rps" ] && [ -n "$n" ] && [ "$n" -gt 0 ] || die "$name $scen: no result: $out"
-	cpu_us=$(awk -v t="$((cpu1 - cpu0))" -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
-	printf '  %-8s %-8s %9.0f req/s  p50 %7.0f us  p99 %7.0f us  cpu %6.2f us/req\n' \
-		"$name" "$scen" "$rps" "$p50" "$p99" "$cpu_us" >&2
+	per_request() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'; }
+	cpu_us=$(per_request "$((user1 - user0 + kernel1 - kernel0))")
+	sys_us=$(per_request "$((kernel1 - kernel0))")
+	seg=$(awk -v s="$((seg1 - seg0))" -v n="$n" 'BEGIN { printf "%.2f", s / n }')
+	printf '  %-8s %-8s %9.0f req/s  p50 %7.0f us  p99 %7.0f us  cpu %6.2f us/req (kernel %6.2f)  %5.2f segments/req\n' \
+		"$name" "$scen" "$rps" "$p50" "$p99" "$cpu_us" "$sys_us" "$seg" >&2
 	add "$name.$scen.rps" "$rps"
 	add "$name.$scen.p50" "$p50"
 	add "$name.$scen.p99" "$p99"
+	add "$name.$scen.avg" "$avg"
 	add "$name.$scen.cpu" "$cpu_us"
+	add "$name.$scen.sys" "$sys_us"
+	add "$name.$scen.seg" "$seg"
 }
 
 echo "upstream :$UP_PORT (nginx return 200); plain/TLS ports: nginx :${PORT[nginx]}/:${TLS_PORT[nginx]}, haproxy :${PORT[haproxy]}/:${TLS_PORT[haproxy]}, ours :${PORT[ours]}/:${TLS_PORT[ours]}; $PINNING" >&2
@@ -455,10 +472,13 @@ for scen in $CASES; do
 	if [ "$scen" = h2 ]; then
 		row "$label mean (us)" "$scen.p50"
 	else
+		row "$label mean (us)" "$scen.avg"
 		row "$label p50 (us)" "$scen.p50"
 		row "$label p99 (us)" "$scen.p99"
 	fi
 	row "$label CPU us/request" "$scen.cpu"
+	row "  of it in the kernel" "$scen.sys"
+	row "  TCP segments/request" "$scen.seg"
 done
 printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "RSS after load (MiB)" \
 	"${RSS[nginx]}" "${RSS[haproxy]}" "${RSS[ours]}" \
