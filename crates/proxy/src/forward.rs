@@ -302,7 +302,14 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         proto: conn.proto(),
     };
 
-    let switch = upgrade_protocol(parts.version, &parts.headers).cloned();
+    // RFC 8441: a websocket on an HTTP/2 stream (extended CONNECT) reaches the app as the
+    // HTTP/1.1 upgrade it speaks, and the app's 101 opens the stream as a 200.
+    let h2_websocket = is_h2_websocket(&parts);
+    let switch = if h2_websocket {
+        Some(HeaderValue::from_static("websocket"))
+    } else {
+        upgrade_protocol(parts.version, &parts.headers).cloned()
+    };
     let mut client_upgrade = None;
     let sent = if switch.is_none() && body.is_end_stream() && method != Method::CONNECT {
         // Requests without a body (nearly all): the head is written straight into the upstream
@@ -359,6 +366,12 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         parts.headers = headers.0;
         // Origin-form, as HTTP/1.1 sends it to a server that is not a proxy.
         parts.uri = Uri::from(path_and_query);
+        if h2_websocket {
+            parts.method = Method::GET;
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+        }
         if switch.is_some() {
             client_upgrade = parts.extensions.remove::<OnUpgrade>();
         }
@@ -415,8 +428,16 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
             );
             return text(StatusCode::BAD_GATEWAY, body.into(), done);
         };
+        if h2_websocket {
+            // A 2xx opens the stream; HTTP/1.1's switch headers have no meaning on HTTP/2.
+            head.status = StatusCode::OK;
+            done.set_status(StatusCode::OK);
+            strip_hop_by_hop(&mut head.headers);
+            head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            strip_keeping_upgrade(&mut head.headers);
+        }
         tokio::spawn(splice(client, upstream_io, done, shared.tracker.token()));
-        strip_keeping_upgrade(&mut head.headers);
         return Response::from_parts(head, ProxyBody::empty());
     }
 
@@ -679,6 +700,37 @@ fn text(status: StatusCode, body: Bytes, mut done: Done) -> Response<ProxyBody> 
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+/// Whether `parts` is an RFC 8441 websocket: HTTP/2 `CONNECT` with `:protocol websocket`.
+fn is_h2_websocket(parts: &hyper::http::request::Parts) -> bool {
+    parts.version == Version::HTTP_2
+        && parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random bytes, base64) for the upgrade the
+/// proxy asks of the app on an HTTP/2 client's behalf.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    let mut nonce = [0u8; 16];
+    // The nonce only has to differ between handshakes; should the system's random source fail,
+    // the clock still makes it do.
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut nonce)
+        .is_err()
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        nonce = now.as_nanos().to_le_bytes();
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (websocket and the like), if it does and

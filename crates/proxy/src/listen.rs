@@ -147,6 +147,8 @@ impl Local {
             .max_buf_size(limits.max_header_bytes.max(8192));
         server
             .http2()
+            // RFC 8441: websockets on HTTP/2 streams.
+            .enable_connect_protocol()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Local {

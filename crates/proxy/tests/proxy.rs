@@ -312,6 +312,78 @@ async fn picks_the_upstream_with_fewest_requests_in_flight() {
     proxy.stop().await;
 }
 
+/// RFC 8441: a websocket on an HTTP/2 stream (extended CONNECT, as browsers open one on an h2
+/// connection) reaches an app that only speaks the HTTP/1.1 upgrade, and is counted in flight.
+#[tokio::test]
+async fn a_websocket_over_http2_reaches_an_http1_app() {
+    let app = Backend::start("app").await;
+    let proxy = Proxy::start().await;
+    let port = free_port();
+    proxy
+        .set(&table([(port, vec![route("/echo", "echo", &[&app])])]))
+        .await;
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = || {
+        let mut req = Request::connect(format!("http://h2.test:{port}/echo/ws"))
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // The server's SETTINGS (which allow extended CONNECT) may not have arrived yet.
+    let mut resp = None;
+    for _ in 0..50 {
+        match h2.send_request(connect()).await {
+            Ok(r) => {
+                resp = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let resp = resp.expect("the proxy accepts an extended CONNECT");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!resp.headers().contains_key(header::UPGRADE));
+    assert!(!resp.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT));
+    let io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    for text in ["hi", "again"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().to_text().unwrap(),
+            format!("app:{text}")
+        );
+    }
+    assert_eq!(proxy.in_flight(&app.container()).await, 1);
+    // The same connection still serves plain requests beside it.
+    let get = Request::get(format!("http://h2.test:{port}/echo/plain"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(get).await.unwrap().status(), StatusCode::OK);
+    // Closed as a browser does: the close handshake, then the stream ends.
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    eventually("the websocket leaves the in-flight count", || async {
+        proxy.in_flight(&app.container()).await == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_echoes_through_the_proxy_and_survives_a_swap() {
     let (old, new) = (Backend::start("old").await, Backend::start("new").await);
