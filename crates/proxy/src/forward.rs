@@ -440,6 +440,15 @@ async fn forward(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> 
         tokio::spawn(splice(client, upstream_io, done, shared.tracker.token()));
         return Response::from_parts(head, ProxyBody::empty());
     }
+    if h2_websocket && head.status.is_success() {
+        // On HTTP/2 any 2xx to CONNECT opens a tunnel: the app's page would become a websocket
+        // to nowhere.
+        let body = format!(
+            "starphleet ship {}: service {} answered {} instead of switching to websocket\n",
+            table.table.ship, route.service, head.status
+        );
+        return text(StatusCode::BAD_GATEWAY, body.into(), done);
+    }
 
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(

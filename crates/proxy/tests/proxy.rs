@@ -367,6 +367,18 @@ async fn a_websocket_over_http2_reaches_an_http1_app() {
             format!("app:{text}")
         );
     }
+    // An app that answers the upgrade with a page: 502, never a tunnel to nowhere.
+    let mut refused = connect();
+    *refused.uri_mut() = format!("http://h2.test:{port}/echo/no-upgrade")
+        .parse()
+        .unwrap();
+    let refused = h2.send_request(refused).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    let text = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("instead of switching to websocket"),
+        "{text:?}"
+    );
     assert_eq!(proxy.in_flight(&app.container()).await, 1);
     // The same connection still serves plain requests beside it.
     let get = Request::get(format!("http://h2.test:{port}/echo/plain"))

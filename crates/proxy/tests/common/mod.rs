@@ -96,7 +96,8 @@ async fn respond(
     gate: Arc<Notify>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if req.headers().contains_key(header::UPGRADE) {
+    // `/no-upgrade` answers an upgrade as a plain page, as an app that knows no websockets.
+    if req.headers().contains_key(header::UPGRADE) && req.uri().path() != "/no-upgrade" {
         let key = req.headers()[header::SEC_WEBSOCKET_KEY].as_bytes().to_vec();
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
