@@ -55,6 +55,9 @@
 #   LTO=1                build starphleet with fat LTO and one codegen unit (into
 #                        target/bench-lto, leaving the shared target dir alone)
 #   STARPHLEET_BIN=PATH  use this starphleet binary instead of building one
+#   OURS_B=PATH          also run this second starphleet binary ("ours-b", :18004 / :18104)
+#                        beside the first, in the same rounds: an A/B of two builds of ours,
+#                        reported as an extra column and ours-b/ours
 #   KEEP=1               keep the temp dir (configs, logs, raw outputs) and print its path
 
 set -euo pipefail
@@ -69,8 +72,12 @@ PIN=${PIN:-$([ "$NCPU" -ge 2 ] && echo 1 || echo 0)}
 UP_PORT=18000
 HOST=bench.test
 PROXIES=(nginx haproxy ours)
-declare -A PORT=([nginx]=18001 [haproxy]=18002 [ours]=18003)
-declare -A TLS_PORT=([nginx]=18101 [haproxy]=18102 [ours]=18103)
+declare -A PORT=([nginx]=18001 [haproxy]=18002 [ours]=18003 [ours-b]=18004)
+declare -A TLS_PORT=([nginx]=18101 [haproxy]=18102 [ours]=18103 [ours-b]=18104)
+if [ -n "${OURS_B:-}" ]; then
+	[ -x "$OURS_B" ] || { echo "OURS_B=$OURS_B is not an executable starphleet binary" >&2; exit 2; }
+	PROXIES+=(ours-b)
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -343,16 +350,22 @@ PIDS+=($!)
 
 # ------------------------------------------------------------------ ours
 
-mkdir -p "$TMP/ours"
-"${ON_PROXY[@]}" "$STARPHLEET_BIN" proxy --state-dir "$TMP/ours" >>"$TMP/ours/proxy.log" 2>&1 &
-PID[ours]=$!
-PIDS+=($!)
-for _ in $(seq 100); do
-	[ -S "$TMP/ours/proxy.sock" ] && break
-	sleep 0.05
-done
-"$SET_ROUTES" "$TMP/ours/proxy.sock" "${PORT[ours]}" /echo "127.0.0.1:$UP_PORT" echo \
-	--tls "${TLS_PORT[ours]}" --cert "$TMP/cert.pem" --key "$TMP/key.pem" --host "$HOST"
+# start_ours NAME BINARY: `starphleet proxy` as the ship runs it, programmed over its socket.
+start_ours() {
+	local name=$1 bin=$2 dir="$TMP/$1"
+	mkdir -p "$dir"
+	"${ON_PROXY[@]}" "$bin" proxy --state-dir "$dir" >>"$dir/proxy.log" 2>&1 &
+	PID[$name]=$!
+	PIDS+=($!)
+	for _ in $(seq 100); do
+		[ -S "$dir/proxy.sock" ] && break
+		sleep 0.05
+	done
+	"$SET_ROUTES" "$dir/proxy.sock" "${PORT[$name]}" /echo "127.0.0.1:$UP_PORT" echo \
+		--tls "${TLS_PORT[$name]}" --cert "$TMP/cert.pem" --key "$TMP/key.pem" --host "$HOST"
+}
+start_ours ours "$STARPHLEET_BIN"
+[ -z "${OURS_B:-}" ] || start_ours ours-b "$OURS_B"
 
 for name in "${PROXIES[@]}"; do
 	wait_200 "${PORT[$name]}" /echo/hi
@@ -421,7 +434,7 @@ run_case() {
 	add "$name.$scen.seg" "$seg"
 }
 
-echo "upstream :$UP_PORT (nginx return 200); plain/TLS ports: nginx :${PORT[nginx]}/:${TLS_PORT[nginx]}, haproxy :${PORT[haproxy]}/:${TLS_PORT[haproxy]}, ours :${PORT[ours]}/:${TLS_PORT[ours]}; $PINNING" >&2
+echo "upstream :$UP_PORT (nginx return 200); plain/TLS ports:$(for name in "${PROXIES[@]}"; do printf ' %s :%s/:%s' "$name" "${PORT[$name]}" "${TLS_PORT[$name]}"; done); $PINNING" >&2
 echo "warming up" >&2
 for name in "${PROXIES[@]}"; do
 	"${ON_LOAD[@]}" wrk -t2 -c64 -d2s "http://127.0.0.1:${PORT[$name]}/echo/hi" >/dev/null
@@ -449,16 +462,26 @@ mean() { awk -v s="${SUM[$1]}" -v n="$ROUNDS" 'BEGIN { printf (s / n < 100 ? "%.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 echo
 echo "proxy vs nginx and haproxy, $(date -u '+%Y-%m-%d %H:%M UTC'), $NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $PINNING"
-echo "$("$NGINX" -v 2>&1 | sed 's|.*/|nginx |'), $("$HAPROXY" -v | awk 'NR == 1 {print "haproxy", $3}'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $(h2load --version | awk '{print $1, $2}'); mean of $ROUNDS rounds of ${DURATION}s (c1: ${LAT_DURATION}s); ours: $BUILD"
+echo "$("$NGINX" -v 2>&1 | sed 's|.*/|nginx |'), $("$HAPROXY" -v | awk 'NR == 1 {print "haproxy", $3}'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $(h2load --version | awk '{print $1, $2}'); mean of $ROUNDS rounds of ${DURATION}s (c1: ${LAT_DURATION}s); ours: $BUILD${OURS_B:+; ours-b: $OURS_B}"
 echo
-printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "" nginx haproxy ours "ours/nginx" "ours/haproxy"
-printf '|%s|%s|%s|%s|%s|%s|\n' "----------------------------" "----------:" "----------:" "----------:" "-----------:" "-------------:"
+# With OURS_B, two more columns: ours-b beside ours, and ours-b/ours.
+if [ -n "${OURS_B:-}" ]; then
+	printf '| %-26s | %9s | %9s | %9s | %10s | %12s | %9s | %12s |\n' "" nginx haproxy ours "ours/nginx" "ours/haproxy" ours-b "ours-b/ours"
+	printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "----------------------------" "----------:" "----------:" "----------:" "-----------:" "-------------:" "----------:" "-------------:"
+else
+	printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "" nginx haproxy ours "ours/nginx" "ours/haproxy"
+	printf '|%s|%s|%s|%s|%s|%s|\n' "----------------------------" "----------:" "----------:" "----------:" "-----------:" "-------------:"
+fi
+# cells LABEL NGINX HAPROXY OURS [OURS_B]: one table row with its ratios.
+cells() {
+	printf '| %-26s | %9s | %9s | %9s | %10s | %12s |' "$1" "$2" "$3" "$4" "$(ratio "$4" "$2")" "$(ratio "$4" "$3")"
+	[ -z "${OURS_B:-}" ] || printf ' %9s | %12s |' "$5" "$(ratio "$5" "$4")"
+	echo
+}
 row() { # LABEL KEY
-	local a b c
-	a=$(mean "nginx.$2")
-	b=$(mean "haproxy.$2")
-	c=$(mean "ours.$2")
-	printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "$1" "$a" "$b" "$c" "$(ratio "$c" "$a")" "$(ratio "$c" "$b")"
+	local b=""
+	[ -z "${OURS_B:-}" ] || b=$(mean "ours-b.$2")
+	cells "$1" "$(mean "nginx.$2")" "$(mean "haproxy.$2")" "$(mean "ours.$2")" "$b"
 }
 for scen in $CASES; do
 	case $scen in
@@ -480,8 +503,6 @@ for scen in $CASES; do
 	row "  of it in the kernel" "$scen.sys"
 	row "  TCP segments/request" "$scen.seg"
 done
-printf '| %-26s | %9s | %9s | %9s | %10s | %12s |\n' "RSS after load (MiB)" \
-	"${RSS[nginx]}" "${RSS[haproxy]}" "${RSS[ours]}" \
-	"$(ratio "${RSS[ours]}" "${RSS[nginx]}")" "$(ratio "${RSS[ours]}" "${RSS[haproxy]}")"
+cells "RSS after load (MiB)" "${RSS[nginx]}" "${RSS[haproxy]}" "${RSS[ours]}" "${RSS[ours-b]:-}"
 echo
 echo "requests/s: higher is better; latency, CPU per request and memory: lower is better."
