@@ -466,33 +466,36 @@ fn certificate_warnings(
     let mut out = Vec::new();
     for p in order.publish.iter().filter(|p| p.tls) {
         let line = line_of(text, p.span_line);
+        let words = split_words(line).map(|l| l.words).unwrap_or_default();
+        let whole_line = words_span(&words);
+        let warning = |span: Span, message: String, help: String| {
+            Diagnostic::at(
+                &order.path,
+                p.span_line,
+                span.col,
+                span.width,
+                line,
+                message,
+            )
+            .with_severity(Severity::Warning)
+            .with_help(help)
+        };
         if p.hosts.is_empty() {
-            let span = split_words(line).map_or(Span { col: 1, width: 1 }, |l| {
-                l.words
-                    .iter()
-                    .find(|w| w.text.eq_ignore_ascii_case("--tls"))
-                    .map_or_else(|| words_span(&l.words), |w| w.span)
-            });
-            out.push(
-                Diagnostic::at(
-                    &order.path,
-                    p.span_line,
-                    span.col,
-                    span.width,
-                    line,
-                    format!(
-                        "`--tls` without `--host`: certificates go by host name, so port {} \
-                         reaches this route only under names other `--tls --host` publishes \
-                         have certificates for",
-                        p.public
-                    ),
-                )
-                .with_severity(Severity::Warning)
-                .with_help(
-                    "add `--host NAME` for each name users type (e.g. `--host shop.example.com`)"
-                        .to_string(),
+            let span = words
+                .iter()
+                .find(|w| w.text.eq_ignore_ascii_case("--tls"))
+                .map_or(whole_line, |w| w.span);
+            out.push(warning(
+                span,
+                format!(
+                    "`--tls` without `--host`: certificates go by host name, so port {} \
+                     reaches this route only under names other `--tls --host` publishes \
+                     have certificates for",
+                    p.public
                 ),
-            );
+                "add `--host NAME` for each name users type (e.g. `--host shop.example.com`)"
+                    .to_string(),
+            ));
         }
         let spans = flag_values(line, "--host");
         for host in &p.hosts {
@@ -505,13 +508,7 @@ fn certificate_warnings(
             let span = spans
                 .iter()
                 .find(|v| v.text.eq_ignore_ascii_case(host))
-                .map_or_else(
-                    || {
-                        split_words(line)
-                            .map_or(Span { col: 1, width: 1 }, |l| words_span(&l.words))
-                    },
-                    |v| v.span,
-                );
+                .map_or(whole_line, |v| v.span);
             let stem = file_stem(host);
             let (message, acme) = if wildcard && phleet.acme_email.is_some() {
                 (
@@ -538,22 +535,15 @@ fn certificate_warnings(
                         .to_string(),
                 )
             };
-            out.push(
-                Diagnostic::at(
-                    &order.path,
-                    p.span_line,
-                    span.col,
-                    span.width,
-                    line,
-                    message,
-                )
-                .with_severity(Severity::Warning)
-                .with_help(format!(
+            out.push(warning(
+                span,
+                message,
+                format!(
                     "fine if every ship has `<state-dir>/certs/{stem}.crt` and `.key` (check \
-                         cannot see them); otherwise put them there, or commit \
-                         `certs/{stem}.crt` and `certs/{stem}.key` to headquarters{acme}"
-                )),
-            );
+                     cannot see them); otherwise put them there, or commit \
+                     `certs/{stem}.crt` and `certs/{stem}.key` to headquarters{acme}"
+                ),
+            ));
         }
     }
     out

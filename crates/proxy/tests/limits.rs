@@ -15,7 +15,6 @@ use futures::{stream, SinkExt};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use starphleet_proxy::{Limits, Route, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -27,6 +26,23 @@ fn quick() -> Limits {
         keep_alive_timeout: Duration::from_secs(2),
         ..Limits::default()
     }
+}
+
+/// The app behind a proxy with `quick()` limits on one port: `prefix` with `limit` applied to
+/// its route, and `/` as it comes.
+async fn app_with_limited_route(
+    prefix: &str,
+    limit: impl FnOnce(&mut Route),
+) -> (Backend, Proxy, u16) {
+    let app = Backend::start("app").await;
+    let proxy = Proxy::start_with(quick()).await;
+    let port = free_port();
+    let mut limited = route(prefix, "app", &[&app]);
+    limit(&mut limited);
+    proxy
+        .set(&table([(port, vec![limited, route("/", "app", &[&app])])]))
+        .await;
+    (app, proxy, port)
 }
 
 /// An upstream that accepts connections and never answers.
@@ -64,21 +80,9 @@ async fn connect_from(n: u8, port: u16) -> std::io::Result<TcpStream> {
 /// then reset with NO_ERROR, RFC 9113 §8.1), and the connection goes on serving.
 #[tokio::test]
 async fn http2_bodies_over_the_route_limit_are_a_complete_413_and_the_connection_lives() {
-    let app = Backend::start("app").await;
-    let proxy = Proxy::start_with(quick()).await;
-    let port = free_port();
-    let mut small = route("/small", "app", &[&app]);
-    small.max_body = Some(10);
-    proxy
-        .set(&table([(port, vec![small, route("/", "app", &[&app])])]))
-        .await;
+    let (_app, proxy, port) = app_with_limited_route("/small", |r| r.max_body = Some(10)).await;
 
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_open(port).await;
     let uri = format!("http://h2.test:{port}/small/x");
 
     // Announced too large, with a body far past any window, as curl sends a big upload.
@@ -148,14 +152,8 @@ async fn http2_bodies_over_the_route_limit_are_a_complete_413_and_the_connection
 /// A route's own body timeout (`--body-timeout`) replaces the proxy's for its requests only.
 #[tokio::test]
 async fn a_route_body_timeout_replaces_the_proxy_one() {
-    let app = Backend::start("app").await;
-    let proxy = Proxy::start_with(quick()).await;
-    let port = free_port();
-    let mut patient = route("/patient", "app", &[&app]);
-    patient.body_timeout_ms = Some(2500);
-    proxy
-        .set(&table([(port, vec![patient, route("/", "app", &[&app])])]))
-        .await;
+    let (_app, proxy, port) =
+        app_with_limited_route("/patient", |r| r.body_timeout_ms = Some(2500)).await;
 
     let stall = |path: &'static str| async move {
         let begun = Instant::now();
@@ -212,14 +210,7 @@ async fn an_oversized_head_is_431_and_a_slow_one_408() {
 
 #[tokio::test]
 async fn bodies_over_the_route_limit_are_413_and_stalled_ones_408() {
-    let app = Backend::start("app").await;
-    let proxy = Proxy::start_with(quick()).await;
-    let port = free_port();
-    let mut small = route("/small", "app", &[&app]);
-    small.max_body = Some(10);
-    proxy
-        .set(&table([(port, vec![small, route("/", "app", &[&app])])]))
-        .await;
+    let (_app, proxy, port) = app_with_limited_route("/small", |r| r.max_body = Some(10)).await;
 
     // Announced too large: answered at once, nothing read.
     let reply = raw(

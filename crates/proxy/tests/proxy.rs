@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use starphleet_proxy::{ProxyClient, ProxyOptions, Upstream};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -124,12 +124,7 @@ async fn serves_http2_prior_knowledge() {
         .set(&table([(port, vec![route("/echo", "echo", &[&echo])])]))
         .await;
 
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_open(port).await;
     let req = Request::get(format!("http://h2.test:{port}/echo/two?x"))
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -323,12 +318,7 @@ async fn a_websocket_over_http2_reaches_an_http1_app() {
         .set(&table([(port, vec![route("/echo", "echo", &[&app])])]))
         .await;
 
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_open(port).await;
     let connect = || {
         let mut req = Request::connect(format!("http://h2.test:{port}/echo/ws"))
             .header(header::SEC_WEBSOCKET_VERSION, "13")

@@ -207,25 +207,22 @@ enum Command {
     },
 }
 
+/// One request to the ship's admin socket: its status code and body.
+fn admin_request(state_dir: &Path, method: hyper::Method, path: &str) -> Result<(u16, String)> {
+    let socket = Layout::new(state_dir).admin_socket();
+    runtime()?
+        .block_on(starphleet_ship::admin::request(&socket, method, path))
+        .with_context(|| not_running(state_dir))
+}
+
 /// POSTs `path` to the ship's admin socket: `done` on 202, else the ship's error.
 fn post_accepted(state_dir: &Path, path: &str, done: &str) -> Result<ExitCode> {
-    let socket = Layout::new(state_dir).admin_socket();
-    let (code, body) = runtime()?
-        .block_on(starphleet_ship::admin::request(
-            &socket,
-            hyper::Method::POST,
-            path,
-        ))
-        .with_context(|| not_running(state_dir))?;
+    let (code, body) = admin_request(state_dir, hyper::Method::POST, path)?;
     if code == 202 {
         println!("{done}");
         Ok(ExitCode::SUCCESS)
     } else {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        eprintln!(
-            "starphleet: error: {}",
-            v["error"].as_str().unwrap_or(&body)
-        );
+        print_error(&body);
         Ok(ExitCode::FAILURE)
     }
 }
@@ -604,14 +601,7 @@ fn print_error(body: &str) {
 
 /// `status --phleet`: the ship asks every ship of HQ's `ships` and answers the view.
 fn phleet_status(state_dir: &Path, json: bool) -> Result<ExitCode> {
-    let socket = Layout::new(state_dir).admin_socket();
-    let (code, body) = runtime()?
-        .block_on(starphleet_ship::admin::request(
-            &socket,
-            hyper::Method::GET,
-            "/phleet/status",
-        ))
-        .with_context(|| not_running(state_dir))?;
+    let (code, body) = admin_request(state_dir, hyper::Method::GET, "/phleet/status")?;
     if code != 200 {
         print_error(&body);
         return Ok(ExitCode::FAILURE);
@@ -656,15 +646,8 @@ fn phleet_logs(
 
 /// `offline` / `online`.
 fn set_offline(state_dir: &Path, offline: bool) -> Result<ExitCode> {
-    let socket = Layout::new(state_dir).admin_socket();
     let path = if offline { "/offline" } else { "/online" };
-    let (code, body) = runtime()?
-        .block_on(starphleet_ship::admin::request(
-            &socket,
-            hyper::Method::POST,
-            path,
-        ))
-        .with_context(|| not_running(state_dir))?;
+    let (code, body) = admin_request(state_dir, hyper::Method::POST, path)?;
     if code != 200 {
         print_error(&body);
         return Ok(ExitCode::FAILURE);

@@ -326,6 +326,24 @@ impl Conn {
     }
 }
 
+/// One HTTP/2 connection to the proxy's plain port (prior knowledge, no TLS).
+pub async fn h2_open<B>(port: u16) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub fn get_req(port: u16, path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
         .header(header::HOST, format!("127.0.0.1:{port}"))

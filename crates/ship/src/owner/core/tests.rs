@@ -454,16 +454,21 @@ fn containers_are_recorded_on_disk_before_anyone_starts_them() {
     assert_eq!(rx.try_recv().unwrap().unwrap_err(), "disk full");
 }
 
-#[test]
-fn a_crash_is_reported_and_restarted_after_its_back_off() {
-    let (mut c, _) = serving();
-    let cid = c.state().services["echo"]
+/// The id of the serving echo version's first container.
+fn echo_container(c: &Core) -> String {
+    c.state().services["echo"]
         .current
         .as_ref()
         .unwrap()
         .containers[0]
         .id
-        .clone();
+        .clone()
+}
+
+#[test]
+fn a_crash_is_reported_and_restarted_after_its_back_off() {
+    let (mut c, _) = serving();
+    let cid = echo_container(&c);
     c.handle(
         Event::Exited {
             container: cid.clone(),
@@ -501,13 +506,7 @@ fn a_version_that_crashes_three_times_before_running_steadily_is_a_crash_loop() 
             None,
             "round {round}"
         );
-        let cid = c.state().services["echo"]
-            .current
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .id
-            .clone();
+        let cid = echo_container(&c);
         c.handle(
             Event::Exited {
                 container: cid.clone(),
